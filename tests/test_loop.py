@@ -1,0 +1,178 @@
+"""Tests of kfsr.train.loop.run: loop modes, history, resume (incl. a real SIGKILL), NaN guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kfsr  # noqa: F401
+from kfsr.errors import NonFiniteError
+from kfsr.train.checkpoint import CheckpointStore
+from kfsr.train.loop import resolve_loop, run
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _loop_child import flat, init_state, mlp_step  # noqa: E402
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_loop_child.py")
+N, CHUNK = 23, 5  # 4 full chunks + a partial chunk of 3
+
+
+def assert_same_state(a, b):
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert fa[k].dtype == fb[k].dtype and np.array_equal(fa[k], fb[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Uninterrupted runs in both modes (shared by several tests)."""
+    return {m: run(mlp_step, init_state(), N, chunk=CHUNK, loop=m, progress=False)
+            for m in ("python", "scan")}
+
+
+def test_modes_equal_and_history(reference):
+    s0 = init_state()
+    # a plain Python loop of a jitted step is the ground truth
+    jstep, s, losses = jax.jit(mlp_step), s0, []
+    for _ in range(N):
+        s, m = jstep(s)
+        losses.append(float(m["loss"]))
+    for mode in ("python", "scan"):
+        state, hist = reference[mode]
+        # python vs scan vs plain loop: bit-identical for this step on XLA:CPU
+        assert_same_state(state, s)
+        assert [h["step"] for h in hist] == list(range(N))
+        assert [h["loss"] for h in hist] == losses
+        assert all(set(h) == {"step", "loss", "gnorm"} for h in hist)
+        assert all(type(h["loss"]) is float and type(h["step"]) is int for h in hist)
+    assert reference["python"][1] == reference["scan"][1]
+    assert resolve_loop("auto") == ("python" if jax.default_backend() == "cpu" else "scan")
+    # the caller's state is copied, not donated
+    state, _ = run(mlp_step, s0, 2, chunk=CHUNK, loop="python", progress=False)
+    assert not s0["params"]["w1"].is_deleted()
+    assert int(jax.random.key_data(s0["key"])[0]) == int(jax.random.key_data(init_state()["key"])[0])
+    # zero steps: the state back, empty history
+    state, hist = run(mlp_step, s0, 0, progress=False)
+    assert hist == [] and np.array_equal(state["params"]["w1"], s0["params"]["w1"])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode,every,stop_at,resume_at",
+                         [("python", 1, 10, 10), ("scan", 2, 15, 10)])
+def test_resume_bit_identical(reference, tmp_path, mode, every, stop_at, resume_at):
+    ck = str(tmp_path / "ck")
+
+    def stop(step, state, history):
+        if step == stop_at:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(mlp_step, init_state(), N, chunk=CHUNK, loop=mode, progress=False,
+            checkpoint_dir=ck, checkpoint_every=every, on_chunk=stop)
+    with CheckpointStore(ck) as store:
+        assert store.latest_step() == resume_at
+    seen = []
+    state, hist = run(mlp_step, init_state(), N, chunk=CHUNK, loop=mode, progress=False,
+                      checkpoint_dir=ck, checkpoint_every=every,
+                      on_chunk=lambda step, s, h: seen.append(step))
+    assert seen[0] == resume_at + CHUNK  # really resumed
+    ref_state, ref_hist = reference[mode]
+    assert_same_state(state, ref_state)
+    assert hist == ref_hist
+    # a finished run: returns the saved final state without stepping
+    with CheckpointStore(ck) as store:
+        assert store.latest_step() == N
+        assert len(store.all_steps()) <= 2  # max_to_keep
+    state2, hist2 = run(lambda s: 1 / 0, init_state(), N, chunk=CHUNK, loop=mode,
+                        progress=False, checkpoint_dir=ck)
+    assert_same_state(state2, ref_state)
+    assert hist2 == ref_hist
+
+
+def test_sigkill_resume(tmp_path):
+    ck, marker = str(tmp_path / "ck"), str(tmp_path / "marker.txt")
+    out_ref, out_kill = str(tmp_path / "ref.npz"), str(tmp_path / "kill.npz")
+    args = ["--steps", "40", "--chunk", "4"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ref = subprocess.Popen([sys.executable, CHILD, out_ref, *args], env=env)
+    victim = subprocess.Popen([sys.executable, CHILD, out_kill, *args, "--ckpt", ck,
+                               "--marker", marker, "--sleep", "0.3"], env=env)
+    try:
+        # chunk 3 done => the saves of chunks 1-2 completed (orbax serialises saves)
+        deadline = time.time() + 60
+        while time.time() < deadline and victim.poll() is None:
+            if os.path.exists(marker) and len(open(marker).read().split("\n")) > 3:
+                break
+            time.sleep(0.05)
+        assert victim.poll() is None, "child finished or died before it could be killed"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert victim.returncode == -signal.SIGKILL
+        assert not os.path.exists(out_kill)
+        killed_at = int(open(marker).read().split()[-2])
+        assert 12 <= killed_at < 40
+        open(marker, "w").close()
+        subprocess.run([sys.executable, CHILD, out_kill, *args, "--ckpt", ck, "--marker", marker],
+                       env=env, check=True, timeout=120)
+        first = int(open(marker).read().split()[0])
+        assert 8 < first <= killed_at + 4  # resumed from a checkpoint, not from step 0
+        assert ref.wait(timeout=120) == 0
+    finally:
+        for p in (ref, victim):
+            if p.poll() is None:
+                p.kill()
+    a, b = np.load(out_ref), np.load(out_kill)
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        assert np.array_equal(a[k], b[k]), k
+    assert len(json.loads(str(b["history"]))) == 40
+
+
+def _counter_step(nan_at, metrics=True):
+    def step(state):
+        i = state["i"] + 1
+        x = jnp.where(i == nan_at, jnp.nan, state["x"] + 1.0)
+        return {"x": x, "i": i}, ({"x": x} if metrics else {})
+    return step
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path, metrics):
+    ck = str(tmp_path / "ck")
+    s0 = {"x": jnp.zeros(()), "i": jnp.zeros((), jnp.int32)}
+    with pytest.raises(NonFiniteError) as e:
+        run(_counter_step(13, metrics), s0, 30, chunk=5, loop="python", progress=False,
+            checkpoint_dir=ck)
+    msg = str(e.value)
+    assert "\n" not in msg and "[10, 15)" in msg and "['x']" in msg
+    if metrics:
+        assert "metric 'x'" in msg and "step 12" in msg
+    assert e.value.step_range == (10, 15) and len(e.value.history) == 10
+    with CheckpointStore(ck) as store:
+        assert store.latest_step() == 10
+        state, hist = store.restore(10, s0)
+    assert float(state["x"]) == 10.0 and int(state["i"]) == 10 and len(hist) == 10
+
+
+def test_incompatible_checkpoint_dir(tmp_path):
+    ck = str(tmp_path / "ck")
+    s0 = {"x": jnp.zeros((2,))}
+    step = lambda s: ({"x": s["x"] + 1}, {})  # noqa: E731
+    run(step, s0, 4, chunk=2, loop="python", progress=False, checkpoint_dir=ck)
+    with pytest.raises(ValueError, match="chunk=2, this run has chunk=4"):
+        run(step, s0, 4, chunk=4, loop="python", progress=False, checkpoint_dir=ck)
+    with pytest.raises(ValueError, match="num_steps=4, this run has num_steps=6"):
+        run(step, s0, 6, chunk=2, loop="python", progress=False, checkpoint_dir=ck)
+    with pytest.raises(ValueError, match=r"state leaf \['x'\] is float32\(2,\)"):
+        run(step, {"x": jnp.zeros((3,))}, 4, chunk=2, loop="python", progress=False,
+            checkpoint_dir=ck)
