@@ -146,12 +146,8 @@ def load_flax_params(model: SkipNetTorch, params) -> None:
     set_conv(model.head, p["head"])
 
 
-def time_torch_step(size=256, channels=128, steps=10, warmup=2, threads=2, channels_last=False,
-                    skip=16, seed=0, verbose=False):
-    """Median ms of one DIP training step (forward, MSE vs a target, backward, Adam lr 5e-3).
-
-    Returns dict(ms=median, all=[...], params=count).
-    """
+def make_torch_step(size=256, channels=128, threads=2, channels_last=False, skip=16, seed=0):
+    """Build the model, data and Adam optimiser; return (step, n_params). `step()` runs one training step."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = SkipNetTorch(down=channels, up=channels, skip=skip)
@@ -170,6 +166,16 @@ def time_torch_step(size=256, channels=128, steps=10, warmup=2, threads=2, chann
         opt.step()
         return loss.item()
 
+    return step, num_params(model)
+
+
+def time_torch_step(size=256, channels=128, steps=10, warmup=2, threads=2, channels_last=False,
+                    skip=16, seed=0, verbose=False):
+    """Median ms of one DIP training step (forward, MSE vs a target, backward, Adam lr 5e-3).
+
+    Returns dict(ms=median, all=[...], params=count).
+    """
+    step, n = make_torch_step(size, channels, threads, channels_last, skip, seed)
     for _ in range(warmup):
         step()
     times = []
@@ -179,7 +185,7 @@ def time_torch_step(size=256, channels=128, steps=10, warmup=2, threads=2, chann
         times.append((time.perf_counter() - t0) * 1e3)
         if verbose:
             print(f"  torch {'NHWC' if channels_last else 'NCHW'} step {times[-1]:.0f} ms", flush=True)
-    return dict(ms=statistics.median(times), all=times, params=num_params(model))
+    return dict(ms=statistics.median(times), all=times, params=n)
 
 
 def main():

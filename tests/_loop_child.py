@@ -26,15 +26,16 @@ import jax.numpy as jnp  # noqa: E402
 
 
 def init_state(seed=0, din=4, hidden=8):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    kw, kstate = jax.random.split(jax.random.key(seed))
+    w = jax.random.normal(kw, (din + 1, hidden)) * 0.5  # one random call: fewer tiny compiles
     return {
         "params": {
-            "w1": jax.random.normal(k1, (din, hidden)) * 0.5,
+            "w1": w[:din],
             "b1": jnp.zeros((hidden,)),
-            "w2": jax.random.normal(k2, (hidden, 1)) * 0.5,
+            "w2": w[din:].T,
             "b2": jnp.zeros((1,)),
         },
-        "key": k3,
+        "key": kstate,
     }
 
 

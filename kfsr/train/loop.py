@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -60,17 +61,28 @@ def resolve_loop(loop: str) -> str:
 
 
 def _copy_leaf(x):
-    """A fresh, strongly typed device copy of a leaf (the caller's arrays are never donated)."""
     if is_key(x):
-        return jax.random.wrap_key_data(
-            jnp.array(jax.random.key_data(x), copy=True), impl=jax.random.key_impl(x)
-        )
+        data = jnp.array(jax.random.key_data(x), copy=True)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     x = jnp.array(x, copy=True)
     return jax.lax.convert_element_type(x, x.dtype)  # drop weak_type: stable jit signature
 
 
-def _leaf_type(x):
-    return (tuple(x.shape), x.dtype)
+def _uncommitted(x):
+    """Restored arrays are committed to a device, which would make jit compile the step again
+    (committedness is part of jit's cache key); go through host memory to drop it."""
+    if is_key(x):
+        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return np.asarray(x)
+
+
+@jax.jit
+def _fresh_copy(state):
+    """A fresh, strongly typed device copy of a state (the caller's arrays are never donated).
+
+    One jitted program per state structure rather than one tiny eager copy per leaf shape.
+    """
+    return jax.tree.map(_copy_leaf, state)
 
 
 def _wrap_step(step_fn: Callable) -> Callable:
@@ -170,8 +182,32 @@ def _check_fingerprint(saved: dict | None, expected: dict, directory: str, step:
 # chunk runners: (state, n) -> (state, list of per-step metric dicts on host)
 
 
-def _python_runner(step: Callable) -> Callable:
-    jstep = jax.jit(step, donate_argnums=0)
+# Jitted chunk programs are cached per step_fn (weakly: an entry dies with its step_fn and holds
+# it only through a weak reference), so repeated runs of the same step function (e.g. one run per
+# image of a benchmark, or a resume in the same process) compile once.
+_PROGRAMS: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def _programs(step_fn: Callable) -> dict:
+    try:
+        return _PROGRAMS.setdefault(step_fn, {})
+    except TypeError:  # not weak-referenceable: no caching
+        return {}
+
+
+def _weak_step(step_fn: Callable) -> Callable:
+    try:
+        ref = weakref.ref(step_fn)
+    except TypeError:
+        return _wrap_step(step_fn)
+    return _wrap_step(lambda state: ref()(state))
+
+
+def _python_runner(step_fn: Callable) -> Callable:
+    cache = _programs(step_fn)
+    if "python" not in cache:
+        cache["python"] = jax.jit(_weak_step(step_fn), donate_argnums=0)
+    jstep = cache["python"]
 
     def run_chunk(state, n):
         ms = []
@@ -183,19 +219,22 @@ def _python_runner(step: Callable) -> Callable:
     return run_chunk
 
 
-def _scan_runner(step: Callable, unroll: int) -> Callable:
-    compiled: dict[int, Callable] = {}  # at most two lengths: chunk and the last partial chunk
+def _scan_runner(step_fn: Callable, unroll: int) -> Callable:
+    cache = _programs(step_fn)  # per (length, unroll): chunk and the last partial chunk
 
     def make(n):
+        step = _weak_step(step_fn)
+
         def many(state):
             return jax.lax.scan(lambda c, _: step(c), state, None, length=n, unroll=min(unroll, n))
 
         return jax.jit(many, donate_argnums=0)
 
     def run_chunk(state, n):
-        if n not in compiled:
-            compiled[n] = make(n)
-        state, stacked = compiled[n](state)
+        key = ("scan", n, unroll)
+        if key not in cache:
+            cache[key] = make(n)
+        state, stacked = cache[key](state)
         stacked = jax.device_get(stacked)
         return state, [{k: v[i] for k, v in stacked.items()} for i in range(n)]
 
@@ -262,8 +301,7 @@ def run(
             f"num_steps={num_steps}, chunk={chunk}, checkpoint_every={checkpoint_every}, unroll={unroll}"
         )
     mode = resolve_loop(loop)
-    template = state
-    state = jax.tree.map(_copy_leaf, state)
+    state = _fresh_copy(state)
     history: list[dict] = []
     start = 0
 
@@ -276,8 +314,8 @@ def run(
             latest = store.latest_step()
             if latest is not None:
                 _check_fingerprint(store.meta(latest), fingerprint, store.directory, latest)
-                state, history = store.restore(latest, template)
-                state = jax.tree.map(_copy_leaf, state)
+                state, history = store.restore(latest, state)  # dtypes of the copied state
+                state = _fresh_copy(jax.tree.map(_uncommitted, state))
                 start = latest
                 if len(history) != start:
                     raise ValueError(
@@ -289,8 +327,7 @@ def run(
         if start >= num_steps:
             return state, history
 
-        step = _wrap_step(step_fn)
-        run_chunk = _python_runner(step) if mode == "python" else _scan_runner(step, unroll)
+        run_chunk = _python_runner(step_fn) if mode == "python" else _scan_runner(step_fn, unroll)
         bar = _progress_bar(progress, desc, num_steps, start)
         try:
             done = start

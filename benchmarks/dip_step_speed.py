@@ -1,0 +1,183 @@
+"""Speed of one DIP training step: kfsr (jax.jit, forward+backward+optax Adam, donated buffers) vs PyTorch.
+
+Runs kfsr's step and the PyTorch reference (benchmarks/torch_dip_reference.py) in the SAME process,
+interleaved round by round (one step of each per round), so that load from other processes hits all
+of them alike, and prints medians and ratios:
+
+    python benchmarks/dip_step_speed.py --size 256 --channels 128 --steps 10
+    python benchmarks/dip_step_speed.py --xla-flags ""            # no kfsr flags (jax defaults)
+    python benchmarks/dip_step_speed.py --xla-flags "--xla_cpu_use_onednn=true" --no-torch
+    python benchmarks/dip_step_speed.py --net nonlocal_reassociate=False
+    python benchmarks/dip_step_speed.py --sweep                    # one subprocess per flag set
+
+`--xla-flags` replaces kfsr's defaults (kfsr/backend.py) for this run; without it the defaults apply.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# flag sets tried by --sweep (each in its own process: XLA_FLAGS are read once at backend start)
+SWEEP = {
+    "jax defaults": "",
+    "ynn off": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn conv only": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
+    "ynn dot+conv": "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",
+    "ynn off, xnn off": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=false",
+    "ynn off, onednn": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_onednn=true",
+    "ynn off, no eigen mt": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_multi_thread_eigen=false",
+    "ynn off, vec512": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_prefer_vector_width=512",
+}
+
+
+def _parse_net(items):
+    out = {}
+    for it in items or ():
+        k, v = it.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def make_kfsr_step(size=256, channels=128, skip=16, seed=0, **net_kw):
+    """Build params, Adam state and a jitted donated step. Returns (run_one, n_params).
+
+    `run_one()` does one step and blocks until it is finished.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from kfsr.nets.dip import SkipNet, dip_input, num_params
+
+    net = SkipNet(channels_down=channels, channels_up=channels, channels_skip=skip, **net_kw)
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    z = dip_input(k1, (1, size, size, 3))
+    target = jax.random.uniform(k2, (1, size, size, 3))
+    params = net.init(k3, z)
+    tx = optax.adam(5e-3)
+    state = [params, tx.init(params)]
+
+    def step_fn(p, o, z, target):
+        def lf(p):
+            return jnp.mean(jnp.square(net.apply(p, z) - target))
+        loss, g = jax.value_and_grad(lf)(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    jstep = jax.jit(step_fn, donate_argnums=(0, 1))
+
+    def run_one():
+        p, o, loss = jstep(state[0], state[1], z, target)
+        loss.block_until_ready()
+        jax.block_until_ready(p)
+        state[0], state[1] = p, o
+        return float(loss)
+
+    return run_one, num_params(params)
+
+
+def run(size=256, channels=128, steps=10, warmup=2, threads=2, torch_=True, net_kw=None, verbose=True):
+    """Interleaved timing. Returns dict name -> dict(ms, all, params)."""
+    import jax
+
+    runners = {}
+    t0 = time.perf_counter()
+    f, n = make_kfsr_step(size, channels, **(net_kw or {}))
+    f()  # compile + first run
+    compile_s = time.perf_counter() - t0
+    runners["kfsr"] = (f, n)
+    if torch_:
+        sys.path.insert(0, HERE)
+        from torch_dip_reference import make_torch_step
+        runners["torch NCHW"] = make_torch_step(size, channels, threads, channels_last=False)
+        runners["torch channels-last"] = make_torch_step(size, channels, threads, channels_last=True)
+    for name, (f, _) in runners.items():
+        for _ in range(warmup if name != "kfsr" else max(warmup - 1, 0)):
+            f()
+    times = {name: [] for name in runners}
+    for r in range(steps):
+        for name, (f, _) in runners.items():
+            t = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t) * 1e3)
+        if verbose:
+            print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in times.items()), flush=True)
+    res = {name: dict(ms=statistics.median(times[name]), all=times[name], params=runners[name][1])
+           for name in runners}
+    res["_meta"] = dict(compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                        jax=jax.__version__, load=os.getloadavg())
+    return res
+
+
+def print_table(res, title=""):
+    meta = res["_meta"]
+    print(f"\n{title}XLA_FLAGS={meta['xla_flags']!r}  jax {meta['jax']}  kfsr first call (compile+run) "
+          f"{meta['compile_s']:.1f} s  load {meta['load'][0]:.1f}")
+    counts = {k: v["params"] for k, v in res.items() if k != "_meta"}
+    print("params: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+          + ("  (agree)" if len(set(counts.values())) == 1 else "  (DIFFER!)"))
+    print(f"{'':22s}{'median ms':>10s}{'min':>8s}{'max':>8s}")
+    for k, v in res.items():
+        if k == "_meta":
+            continue
+        print(f"{k:22s}{v['ms']:10.0f}{min(v['all']):8.0f}{max(v['all']):8.0f}")
+    if "torch NCHW" in res:
+        kf = res["kfsr"]["ms"]
+        print(f"ratio kfsr/torch NCHW {kf / res['torch NCHW']['ms']:.2f}   "
+              f"kfsr/torch channels-last {kf / res['torch channels-last']['ms']:.2f}")
+
+
+def sweep(args):
+    rows = []
+    for name, flags in SWEEP.items():
+        cmd = [sys.executable, os.path.abspath(__file__), "--size", str(args.size), "--channels",
+               str(args.channels), "--steps", str(args.steps), "--xla-flags", flags, "--quiet"]
+        if args.no_torch:
+            cmd.append("--no-torch")
+        for it in args.net or ():
+            cmd += ["--net", it]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        print(f"### {name}\n{out.stdout}{out.stderr[-2000:] if out.returncode else ''}", flush=True)
+        rows.append((name, out.stdout))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--channels", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--xla-flags", default=None, help="replace kfsr's default XLA_FLAGS for this run")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--net", action="append", help="SkipNet field override, e.g. nonlocal_reassociate=False")
+    ap.add_argument("--sweep", action="store_true", help="run every flag set of SWEEP in a subprocess")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    if args.sweep:
+        sweep(args)
+        return
+    if args.xla_flags is not None:
+        os.environ["XLA_FLAGS"] = args.xla_flags
+        os.environ["KFSR_XLA_DEFAULTS"] = "0"
+    sys.path.insert(0, ROOT)
+    import kfsr  # noqa: F401  (applies kfsr.backend.configure() unless disabled above)
+    res = run(args.size, args.channels, args.steps, args.warmup, args.threads, not args.no_torch,
+              _parse_net(args.net), verbose=not args.quiet)
+    print_table(res, f"{args.size}x{args.size}, {args.channels} ch, {args.steps} interleaved rounds. ")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Benchmark harness: methods x images -> results.json, a Markdown table, a CSV, a kernel figure.
+
+    python -m kfsr.bench --methods bicubic,oracle_fft,oracle_dip,dkp --dataset set5_dkp --scale 4 \
+        --out results/bench --update-docs
+
+Datasets: `set5_dkp` (the fixed ../shared/data/set5_c224_x4_dkp protocol, with the official
+DIP-DKP numbers beside it), `set5`, `set14`, `bsd100` (generated c224 protocol with --kernels
+families, cached with a manifest), `div2krk:<root>` (the DIV2KRK layout) or any folder of LR
+images (`folder:<path>`, no ground truth: kernel and SR outputs only).
+
+Each (method, image) case runs in its own subprocess so its peak memory (ru_maxrss) is its own;
+finished cases are skipped, so an interrupted benchmark resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import kfsr  # noqa: F401  (XLA flags)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion")
+
+
+def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
+    from kfsr.api import default_config
+
+    if method == "oracle_fft":
+        c = default_config("nonblind", "tikhonov")
+    elif method == "oracle_dip":
+        c = default_config("nonblind", "dip")
+        if preset:
+            c.dip_preset = preset
+    elif method == "dkp_paper":
+        c = default_config("dkp", "paper")
+    elif method == "dkp_motion":
+        c = default_config("dkp_motion", preset)
+    else:
+        c = default_config("dkp", preset)
+    c.scale = scale
+    for field, value in overrides.items():  # "a.b=3": parsed with the type of the default
+        *path, leaf = field.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        old = node[leaf]
+        node[leaf] = value if old is None else type(old)(json.loads(value) if isinstance(old, (bool, int, float)) else value)
+    return c
+
+
+def run_case(method: str, case, scale: int, preset: str | None, seed: int,
+             overrides: dict) -> dict:
+    """Run one method on one Case; returns metrics + time (+ hr, kernel arrays)."""
+    import jax
+
+    from kfsr import metrics
+    from kfsr.degrade import Degradation
+    from kfsr.degrade.imresize import imresize
+    from kfsr.methods.base import get_method
+
+    t0 = time.time()
+    if method == "bicubic":
+        hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
+        kernel = None
+    else:
+        cfg = _config_for(method, scale, preset, overrides)
+        cfg.seed = seed
+        kw = {}
+        if method.startswith("oracle"):
+            if case.kernel is None:
+                raise ValueError(f"{case.name}: the oracle needs the ground-truth kernel")
+            kw["kernel"] = case.kernel
+        res = get_method(cfg.method)(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
+        hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
+    out = {"seconds": time.time() - t0}
+    if case.hr is not None:
+        out["psnr_y"] = metrics.psnr_y(hr, case.hr, scale=scale)
+        out["ssim_y"] = metrics.ssim_y(hr, case.hr, scale=scale)
+    if kernel is not None:
+        out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, Degradation.dkp(scale))
+        if case.kernel is not None and not method.startswith("oracle"):
+            out["kernel_psnr"] = metrics.kernel_psnr(kernel, case.kernel)
+            out["kernel_error"] = metrics.aligned_kernel_error(kernel, case.kernel)
+    return {k: float(v) for k, v in out.items()}, hr, kernel
+
+
+def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit):
+    from kfsr import data
+
+    if dataset == "set5_dkp":
+        if scale != 4 or family != "gaussian":
+            raise SystemExit("set5_dkp is the fixed x4 Gaussian protocol")
+        return "set5_dkp", data.load_set(os.path.join(data.SHARED_DATA, "set5_c224_x4_dkp"), limit)
+    if dataset.startswith("div2krk:"):
+        return "div2krk", data.load_div2krk(dataset.split(":", 1)[1], scale, limit)
+    if dataset.startswith("folder:"):
+        from kfsr import io
+
+        paths = io.list_images(dataset.split(":", 1)[1])[:limit]
+        return "folder", [data.Case(name=os.path.splitext(os.path.basename(p))[0],
+                                    lr=io.load_image(p), lr_path=p) for p in paths]
+    root = data.build_set(dataset, scale=scale, family=family, seed=seed,
+                          out_root=os.path.join(out, "data"), limit=limit)
+    return os.path.basename(root), data.load_set(root, limit)
+
+
+def _case_main(spec: dict) -> None:
+    """Subprocess entry: run one case, write its JSON (+ hr.png, kernel.npy)."""
+    from kfsr import io
+
+    _, cases = load_cases(spec["dataset"], spec["scale"], spec["family"], spec["seed"],
+                          spec["out"], None)
+    case = next(c for c in cases if c.name == spec["image"])
+    m, hr, kernel = run_case(spec["method"], case, spec["scale"], spec["preset"], spec["seed"],
+                             spec["overrides"])
+    m["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = spec["result"][:-5]
+    io.save_image(base + ".png", hr)
+    if kernel is not None:
+        np.save(base + "_kernel.npy", kernel)
+    io.write_json(spec["result"], m)
+
+
+def _table(rows: list[dict], methods: list[str]) -> str:
+    cols = ["psnr_y", "ssim_y", "kernel_psnr", "kernel_error", "lr_psnr", "seconds", "peak_mib"]
+    head = "| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | s / image | peak MiB |"
+    lines = [head, "|---" * 9 + "|"]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        if not rs:
+            continue
+        vals = []
+        for c in cols:
+            v = [r[c] for r in rs if c in r]
+            fmt = "{:.4f}" if c in ("ssim_y", "kernel_error") else "{:.2f}" if c != "peak_mib" else "{:.0f}"
+            vals.append(fmt.format(np.median(v) if c in ("seconds", "peak_mib") else np.mean(v))
+                        if v else "–")
+        lines.append(f"| {m} | {len(rs)} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _kernel_figure(rows, cases, methods, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = [m for m in methods if any(r["method"] == m and r.get("kernel_path") for r in rows)]
+    if not ms:
+        return
+    fig, axes = plt.subplots(len(cases), len(ms) + 1, figsize=(1.6 * (len(ms) + 1), 1.6 * len(cases)),
+                             squeeze=False)
+    for i, c in enumerate(cases):
+        axes[i, 0].imshow(c.kernel if c.kernel is not None else np.zeros((3, 3)), cmap="magma")
+        axes[i, 0].set_title(f"{c.name}: true", fontsize=6)
+        for j, m in enumerate(ms):
+            r = next((r for r in rows if r["method"] == m and r["image"] == c.name), None)
+            if r and r.get("kernel_path") and os.path.isfile(r["kernel_path"]):
+                axes[i, j + 1].imshow(np.load(r["kernel_path"]), cmap="magma")
+            axes[i, j + 1].set_title(m, fontsize=6)
+    for a in axes.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_docs(section: str, text: str, path: str = os.path.join(ROOT, "docs", "BENCHMARKS.md")):
+    """Replace the block between <!-- bench:section --> markers (append it if new)."""
+    begin, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
+    doc = open(path).read() if os.path.isfile(path) else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    from kfsr import io
+
+    io.write_text(path, doc)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="bicubic,oracle_fft,dkp")
+    p.add_argument("--dataset", default="set5_dkp")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--kernels", default="gaussian", help="comma list: gaussian,motion,l_shape,...")
+    p.add_argument("--preset", default=None, help="preset for dkp / oracle_dip (default: cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--images", default=None, help="comma list of image names to run")
+    p.add_argument("--set", action="append", default=[], help="config override field=value")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--update-docs", action="store_true")
+    p.add_argument("--tag", default=None, help="section name in docs/BENCHMARKS.md")
+    p.add_argument("--_case", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._case:
+        return _case_main(json.loads(a._case))
+    methods = [m for m in a.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            raise SystemExit(f"error: unknown method {m!r}; known: {', '.join(METHODS)}")
+    overrides = dict(s.split("=", 1) for s in a.set)
+    cmd = "python -m kfsr.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    for family in a.kernels.split(","):
+        set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit)
+        if a.images:
+            keep = set(a.images.split(","))
+            cases = [c for c in cases if c.name in keep]
+        run_dir = os.path.join(a.out, set_name)
+        rows = []
+        for m in methods:
+            for c in cases:
+                res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
+                if not os.path.isfile(res_path):
+                    os.makedirs(os.path.dirname(res_path), exist_ok=True)
+                    spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family,
+                                seed=a.seed, out=a.out, image=c.name, preset=a.preset,
+                                overrides=overrides, result=res_path)
+                    print(f"[{set_name}] {m} {c.name} ...", flush=True)
+                    subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
+                                   check=True, cwd=ROOT)
+                r = json.load(open(res_path))
+                kpath = res_path[:-5] + "_kernel.npy"
+                rows.append(dict(method=m, image=c.name, kernel_path=kpath if os.path.isfile(kpath) else None, **r))
+                print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+        table = _table(rows, methods)
+        from kfsr import io
+
+        io.write_json(os.path.join(run_dir, "results.json"), rows)
+        with open(os.path.join(run_dir, "per_image.csv"), "w", newline="") as f:
+            keys = sorted({k for r in rows for k in r})
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        io.write_text(os.path.join(run_dir, "table.md"), table + "\n")
+        _kernel_figure(rows, cases, methods, os.path.join(run_dir, "kernels.png"))
+        print(table)
+        if a.update_docs:
+            when = datetime.date.today().isoformat()
+            machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
+            per_image = ["| method | image | PSNR-Y | SSIM-Y | kernel PSNR | s |", "|---" * 6 + "|"]
+            for r in rows:
+                per_image.append(f"| {r['method']} | {r['image']} | {r.get('psnr_y', float('nan')):.2f} | "
+                                 f"{r.get('ssim_y', float('nan')):.4f} | {r.get('kernel_psnr', float('nan')):.2f} | "
+                                 f"{r['seconds']:.0f} |")
+            text = (f"### {a.tag or set_name}\n\nCommand: `{cmd}`  \nMachine: {machine}  \nDate: {when}\n\n"
+                    f"{table}\n\n<details><summary>per image</summary>\n\n" + "\n".join(per_image) +
+                    "\n\n</details>")
+            update_docs(a.tag or set_name, text)
+
+
+if __name__ == "__main__":
+    main()

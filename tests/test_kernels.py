@@ -1,0 +1,288 @@
+"""Tests for kfsr.degrade.kernels: generators, centring, shifts, DKP / DIV2KRK recipes, loaders.
+
+Kept light (2 shared CPU cores): every generator is compiled once, as jit(vmap(.)) over keys.
+"""
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+from scipy import ndimage
+
+from kfsr.degrade import kernels as K
+from kfsr.errors import KfsrInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get("KFSR_DATA", os.path.join(ROOT, "..", "shared", "data"))
+DKP_SET = os.path.join(DATA, "set5_c224_x4_dkp")
+N_KEYS = 6
+
+# name -> (generator(key), size, target centre, centre-of-mass tolerance in px)
+GENERATORS = {
+    "anisotropic_noisy": (lambda k: K.anisotropic_gaussian(k, 15, 3, 0.5, 6.0, 0.25), 15,
+                          K.target_center(15, 3), 1e-3),
+    "anisotropic_dkp_conv": (lambda k: K.anisotropic_gaussian(k, 19, 4, 3.7, 20.0,
+                                                              convention="dkp"), 19, 7.5, 1e-3),
+    "isotropic": (lambda k: K.isotropic_gaussian(k, 13, 0.8, 2.5, scale=2), 13, 6.5, 1e-3),
+    "div2krk_x2": (lambda k: K.div2krk_kernel(k, 2), 11, 5.5, 1e-3),
+    "div2krk_x4": (lambda k: K.div2krk_kernel(k, 4), 31, 16.5, 1e-3),
+    # official one-pass cubic-spline kernel_shift: centre off by <= ~0.05 (test) / ~0.2 (prior)
+    "dkp_test_x4": (lambda k: K.dkp_test_kernel(k, 4), 19, 7.5, 0.1),
+    "dkp_prior_x4": (lambda k: K.dkp_prior_kernel(k, 4), 19, 7.5, 0.3),
+    "dkp_prior_x8_quirk": (lambda k: K.dkp_prior_kernel(k, 8), 21, 13.5, 0.3),
+    "dkp_prior_x8_fixed": (lambda k: K.dkp_prior_kernel(k, 8, fix_x8_center=True), 21, 6.5,
+                           1e-3),
+    "line_motion": (lambda k: K.line_motion(k, 19, scale=4), 19, 10.5, 1e-3),
+    "trajectory_motion": (lambda k: K.trajectory_motion(k, 19, 4, n_steps=300), 19, 10.5, 1e-3),
+    "mixed": (lambda k: K.sample("mixed", k, 19, 4), 19, 10.5, 1e-3),
+}
+
+
+def _keys(n=N_KEYS, seed=0):
+    return jax.random.split(jax.random.PRNGKey(seed), n)
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
+def test_generator_contract(name):
+    fn, size, target, tol = GENERATORS[name]
+    ks = jax.jit(jax.vmap(fn))(_keys())
+    chex.assert_shape(ks, (N_KEYS, size, size))
+    chex.assert_type(ks, jnp.float32)
+    ks = np.asarray(ks)
+    assert np.isfinite(ks).all() and ks.min() >= 0
+    np.testing.assert_allclose(ks.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    com = np.asarray(K.center_of_mass(ks))
+    assert np.abs(com - target).max() < tol, (name, com)
+    assert np.abs(ks[0] - ks[1]).max() > 1e-4  # keys matter
+
+
+def test_target_center_conventions():
+    assert K.target_center(11, 2) == 5.5 and K.target_center(31, 4) == 16.5
+    assert K.target_center(19, 4) == 10.5 and K.target_center(20, 4) == 12.0
+    assert [K.target_center(K.dkp_kernel_size(s), s, "dkp") for s in (2, 3, 4, 8)] == \
+        [4.5, 6.0, 7.5, 6.5]
+    assert [K.dkp_kernel_size(s) for s in (2, 3, 4, 8)] == [11, 15, 19, 21]
+    assert K.dkp_test_range(4) == (0.7, 10.0)
+    np.testing.assert_allclose(K.dkp_prior_range(4), (3.7, 20.0))
+    np.testing.assert_allclose(K.dkp_prior_range(8), (8.4, 24.0))
+    with pytest.raises(KfsrInputError):
+        K.target_center(19, 4, "bogus")
+
+
+def _moments(k):
+    z = np.stack(np.meshgrid(np.arange(k.shape[0]), np.arange(k.shape[1]), indexing="ij"), -1)
+    m = np.einsum("ij,ija->a", k, z)
+    d = z - m
+    return m, np.einsum("ij,ija,ijb->ab", k, d, d)
+
+
+def test_gaussian_covariance_and_eigen_range():
+    """Noise-free Gaussians on a 41x41 grid (no truncation): second moments give back
+    R(theta) diag(l1, l2) R(theta)^T in (x=col, y=row); the generator's eigenvalues lie in range."""
+    params = jnp.array([[0.6, 5.0, 0.0], [2.0, 0.7, 1.0], [4.5, 1.3, 2.8]], jnp.float32)
+
+    @jax.jit
+    def run(params, keys):
+        a = jax.vmap(lambda p: K.gaussian_from_params(41, p[0], p[1], p[2], 20.0))(params)
+        b = jax.vmap(lambda k: K.anisotropic_gaussian(k, 41, 1, 0.6, 5.0))(keys)
+        return a, b
+
+    a, b = map(np.asarray, run(params, _keys(8, seed=3)))
+    for (l1, l2, th), k in zip(np.asarray(params), a):
+        m, cov = _moments(k)
+        q = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        sig_xy = q @ np.diag([l1, l2]) @ q.T
+        np.testing.assert_allclose(cov, sig_xy[::-1, ::-1], atol=1e-3)
+        np.testing.assert_allclose(m, 20.0, atol=1e-4)
+    # theta = 0: lambda1 along the columns (x), lambda2 along the rows (y)
+    _, cov0 = _moments(a[0])
+    assert abs(cov0[1, 1] - 0.6) < 1e-3 and abs(cov0[0, 0] - 5.0) < 1e-3
+    for k in b:
+        ev = np.linalg.eigvalsh(_moments(k)[1])
+        assert ev.min() > 0.6 - 1e-3 and ev.max() < 5.0 + 1e-3, ev
+
+
+def test_dkp_stored_kernels_regenerated():
+    """DKP's test-kernel construction (mean at 10.5, one scipy cubic-spline shift of the centre
+    of mass to 7.5, normalise) rebuilds every stored kernel from kernels_meta.json."""
+    meta_p = os.path.join(DKP_SET, "kernels_meta.json")
+    if not os.path.isfile(meta_p):
+        pytest.skip("shared DKP Set5 data not available")
+    with open(meta_p) as f:
+        meta = json.load(f)
+    names = sorted(meta["images"])
+    imgs = [meta["images"][n] for n in names]
+    # the recorded parameters are the official numpy draws: seed = index, U[0.7, 10], U[0, pi)
+    for m in imgs:
+        rs = np.random.RandomState(m["index"])
+        lo, hi = meta["min_var"], meta["max_var"]
+        l1, l2, th = lo + rs.rand() * (hi - lo), lo + rs.rand() * (hi - lo), rs.rand() * np.pi
+        np.testing.assert_allclose([l1, l2, th], [m["lambda1"], m["lambda2"], m["theta_rad"]],
+                                   rtol=1e-12)
+    p = jnp.array([[m["lambda1"], m["lambda2"], m["theta_rad"]] for m in imgs], jnp.float32)
+    size, s = meta["k_size"], meta["sf"]
+    gen = jax.jit(jax.vmap(lambda q: K.gaussian_from_params(
+        size, q[0], q[1], q[2], K.target_center(size, s, "dkp"),
+        mean=K.target_center(size, s, "aligned"), recenter="spline")))
+    out = np.asarray(gen(p))
+    for n, m, k in zip(names, imgs, out):
+        ref = np.load(os.path.join(DKP_SET, "kernels", n + ".npy"))
+        assert np.abs(k - ref).max() < 1e-7, (n, np.abs(k - ref).max())  # measured <= 4e-8
+        np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), m["com"], atol=2e-5)
+
+
+def test_div2krk_x4_is_two_x2_passes():
+    keys = _keys(2, seed=7)
+    k2, k4 = jax.jit(jax.vmap(lambda k: (K.div2krk_kernel(k, 2), K.div2krk_kernel(k, 4))))(keys)
+    k2, k4 = np.asarray(k2, np.float64), np.asarray(k4, np.float64)
+    assert k4.shape == (2, 31, 31)
+    x = np.random.default_rng(0).random((64, 64))
+    for a, b in zip(k2, k4):
+        # KernelGAN's analytic_kernel before its crop
+        big = np.zeros((31, 31))
+        for r in range(11):
+            for c in range(11):
+                big[2 * r:2 * r + 11, 2 * c:2 * c + 11] += a[r, c] * a
+        np.testing.assert_allclose(b, big / big.sum(), atol=1e-7)
+        for mode in ("wrap", "reflect"):
+            twice = ndimage.correlate(ndimage.correlate(x, a, mode=mode)[::2, ::2], a,
+                                      mode=mode)[::2, ::2]
+            once = ndimage.correlate(x, b, mode=mode)[::4, ::4]
+            sl = slice(None) if mode == "wrap" else slice(5, -5)  # reflect: interior only
+            np.testing.assert_allclose(once[sl, sl], twice[sl, sl], atol=1e-6)
+        np.testing.assert_allclose(ndimage.center_of_mass(b), 3 * np.asarray(
+            ndimage.center_of_mass(a)), atol=1e-5)
+
+
+def test_shapes():
+    run = jax.jit(lambda: {n: K.shape_kernel(n, 19, 4) for n in
+                           ("l_shape", "empty_square", "filled_square")})
+    out = {n: np.asarray(v) for n, v in run().items()}
+    for n, k in out.items():
+        assert k.shape == (19, 19) and k.min() >= 0 and abs(k.sum() - 1) < 1e-5
+        np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), 10.5, atol=1e-4)
+    c = (10, 10)
+    assert out["empty_square"][c] == 0 and out["filled_square"][c] > 0
+    assert not np.allclose(out["l_shape"], out["l_shape"][::-1, ::-1])  # not symmetric
+    even = np.asarray(K.shape_kernel("l_shape", 20, 2, thickness=1.5, extent=9.0))
+    np.testing.assert_allclose(np.asarray(K.center_of_mass(even)), K.target_center(20, 2),
+                               atol=1e-4)
+    with pytest.raises(KfsrInputError):
+        K.shape_kernel("circle", 19)
+
+
+def test_shift_center_pad_flip():
+    g = np.asarray(K.gaussian_kernel(15, np.diag([2.0, 1.0]), np.array([6.0, 7.0])))
+    d = np.array([1.3, -0.6])
+    for method in ("bilinear", "fourier", "spline"):
+        s = np.asarray(K.shift(g, d, method))
+        assert abs(s.sum() - 1) < 1e-5
+        com_tol = 1e-4 if method != "spline" else 2e-2
+        np.testing.assert_allclose(np.asarray(K.center_of_mass(s)),
+                                   np.asarray(K.center_of_mass(g)) + d, atol=com_tol)
+    np.testing.assert_allclose(np.asarray(K.shift(g, d, "spline", preserve_sum=False)),
+                               ndimage.shift(g.astype(np.float64), d, order=3, mode="constant"),
+                               atol=1e-6)
+    c = np.asarray(K.center(g, 7.5))
+    np.testing.assert_allclose(np.asarray(K.center_of_mass(c)), 7.5, atol=1e-4)
+    assert c.min() >= 0
+    # pad_to keeps the blur operator (anchor K//2 -> size//2), for odd and even targets
+    x = np.random.default_rng(1).random((24, 24))
+    for size in (21, 20, 11):
+        p = np.asarray(K.pad_to(g, size))
+        assert p.shape == (size, size)
+        if size > 15:
+            np.testing.assert_allclose(ndimage.correlate(x, p, mode="wrap"),
+                                       ndimage.correlate(x, g, mode="wrap"), atol=1e-6)
+        np.testing.assert_allclose(p.sum(), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(K.flip(g)), g[::-1, ::-1])
+    n = np.asarray(K.normalize(np.array([[-1.0, 1.0], [2.0, 1.0]])))
+    np.testing.assert_allclose(n, [[0, 0.25], [0.5, 0.25]])
+
+
+def _write_png(path, arr):
+    Image.fromarray(arr).save(path)
+
+
+def test_load_kernel_formats(tmp_path):
+    g = np.asarray(K.gaussian_kernel(9, np.diag([1.5, 0.8]), np.array([4.0, 4.0])), np.float64)
+    p = tmp_path / "k.mat"
+    scipy.io.savemat(p, {"other": np.ones((3, 3, 3)), "Kernel": g})
+    np.testing.assert_allclose(K.load_kernel(p), g, atol=1e-6)
+    scipy.io.savemat(tmp_path / "k2.mat", {"a": np.ones((2, 2, 2)), "blur": g * 5})
+    np.testing.assert_allclose(K.load_kernel(tmp_path / "k2.mat"), g, atol=1e-6)
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = g, g.T
+    scipy.io.savemat(tmp_path / "cell.mat", {"kernels": cell})
+    np.testing.assert_allclose(K.load_kernel(tmp_path / "cell.mat", index=1), g.T, atol=1e-6)
+    np.save(tmp_path / "k.npy", g[None])
+    out = K.load_kernel(tmp_path / "k.npy")
+    assert out.dtype == np.float32 and out.shape == (9, 9)
+    np.testing.assert_allclose(out, g, atol=1e-6)
+    assert K.load_kernel(tmp_path / "k.npy", size=13).shape == (13, 13)
+    img = np.round(g / g.max() * 255).astype(np.uint8)
+    _write_png(tmp_path / "k.png", img)
+    _write_png(tmp_path / "rgb.png", np.repeat(img[..., None], 3, axis=-1))
+    ref = img / img.sum()
+    np.testing.assert_allclose(K.load_kernel(tmp_path / "k.png"), ref, atol=1e-6)
+    np.testing.assert_allclose(K.load_kernel(tmp_path / "rgb.png"), ref, atol=1e-6)
+    Image.fromarray(img).save(tmp_path / "k.jpg", quality=95)
+    assert abs(K.load_kernel(tmp_path / "k.jpg").sum() - 1) < 1e-5
+
+
+def test_load_real_kernels():
+    kdir = os.path.join(DATA, "kernels")
+    if not os.path.isdir(kdir):
+        pytest.skip("shared kernels not available")
+    for name in sorted(os.listdir(kdir)):
+        k = K.load_kernel(os.path.join(kdir, name))
+        assert k.ndim == 2 and k.shape[0] == k.shape[1] and k.min() >= 0
+        assert abs(float(k.sum()) - 1) < 1e-5, name
+    bic = K.load_kernel(os.path.join(kdir, "kernels_bicubicx234.mat"), index=2)
+    assert bic.shape == (25, 25)
+    baby = os.path.join(DKP_SET, "kernels", "baby.mat")
+    if os.path.isfile(baby):
+        np.testing.assert_allclose(K.load_kernel(baby),
+                                   np.load(os.path.join(DKP_SET, "kernels", "baby.npy")),
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "3d", "zero", "negative", "nan", "ext",
+                                  "no2d_mat", "1d"])
+def test_load_kernel_errors(tmp_path, case):
+    p = tmp_path / f"bad_{case}.npy"
+    if case == "garbage":
+        p.write_bytes(b"not a numpy file")
+    elif case == "3d":
+        np.save(p, np.ones((3, 4, 5)))
+    elif case == "zero":
+        np.save(p, np.zeros((5, 5)))
+    elif case == "negative":
+        np.save(p, -np.ones((5, 5)))
+    elif case == "nan":
+        a = np.ones((5, 5))
+        a[2, 2] = np.nan
+        np.save(p, a)
+    elif case == "ext":
+        p = tmp_path / "bad.txt"
+        p.write_text("1 2 3")
+    elif case == "no2d_mat":
+        p = tmp_path / "bad.mat"
+        scipy.io.savemat(p, {"a": np.ones((2, 2, 2))})
+    elif case == "1d":
+        np.save(p, np.ones(5))
+    with pytest.raises(KfsrInputError) as e:
+        K.load_kernel(p)
+    msg = str(e.value)
+    assert str(p) in msg and "\n" not in msg
+
+
+def test_registry():
+    assert {"gaussian", "motion_line", "motion_traj", "mixed"} <= set(K.FAMILIES)
+    with pytest.raises(KfsrInputError):
+        K.sample("nope", jax.random.PRNGKey(0), 19, 4)
