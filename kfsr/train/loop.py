@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import weakref
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kfsr.errors import NonFiniteError
+from kfsr.errors import KfsrInputError, NonFiniteError
 from kfsr.train.checkpoint import CheckpointStore, is_key, state_fingerprint
 
 __all__ = ["run", "resolve_loop"]
@@ -52,7 +53,7 @@ def resolve_loop(loop: str) -> str:
     if loop == "auto":
         return "python" if jax.default_backend() == "cpu" else "scan"
     if loop not in ("python", "scan"):
-        raise ValueError(f"loop must be 'auto', 'python' or 'scan', got {loop!r}")
+        raise KfsrInputError(f"loop must be 'auto', 'python' or 'scan', got {loop!r}")
     return loop
 
 
@@ -94,7 +95,7 @@ def _wrap_step(step_fn: Callable) -> Callable:
 
     def step(state):
         out = step_fn(state)
-        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)):
             raise TypeError("step_fn must return (state, metrics) with metrics a dict of scalars")
         new, metrics = out
         if jax.tree.structure(new) != jax.tree.structure(state):
@@ -152,27 +153,27 @@ def _fingerprint(state, num_steps: int, chunk: int) -> dict:
 def _check_fingerprint(saved: dict | None, expected: dict, directory: str, step: int) -> None:
     where = f"checkpoint dir {directory} (step {step})"
     if not saved or saved.get("kfsr_loop") != _FINGERPRINT_VERSION:
-        raise ValueError(f"{where} was not written by kfsr.train.loop.run; use an empty directory")
+        raise KfsrInputError(f"{where} was not written by kfsr.train.loop.run; use an empty directory")
     for field in ("num_steps", "chunk"):
         if saved.get(field) != expected[field]:
-            raise ValueError(
+            raise KfsrInputError(
                 f"{where} belongs to another run: {field}={saved.get(field)}, "
                 f"this run has {field}={expected[field]}; use another checkpoint_dir"
             )
     s_leaves, e_leaves = saved.get("leaves", []), expected["leaves"]
     if len(s_leaves) != len(e_leaves):
-        raise ValueError(
+        raise KfsrInputError(
             f"{where} belongs to another run: state has {len(s_leaves)} leaves, "
             f"this run's state has {len(e_leaves)}; use another checkpoint_dir"
         )
     for s, e in zip(s_leaves, e_leaves):
         if list(s) != list(e):
-            raise ValueError(
+            raise KfsrInputError(
                 f"{where} belongs to another run: state leaf {s[0]} is {s[2]}{tuple(s[1])}, "
                 f"this run has {e[0]} {e[2]}{tuple(e[1])}; use another checkpoint_dir"
             )
     if saved.get("treedef") != expected["treedef"]:
-        raise ValueError(
+        raise KfsrInputError(
             f"{where} belongs to another run: the state's tree structure differs; "
             "use another checkpoint_dir"
         )
@@ -277,7 +278,7 @@ def run(
         shorter last chunk if ``chunk`` does not divide ``num_steps``.
       checkpoint_dir: orbax checkpoint directory. If it already holds a checkpoint of this run
         (same num_steps, chunk and state structure/shapes/dtypes) the run resumes from its latest
-        step; a checkpoint of another run raises ValueError.
+        step; a checkpoint of another run raises `KfsrInputError` (a ValueError).
       checkpoint_every: save every this many chunks (and always after the last chunk).
       loop: 'python' (jitted step with donated state in a Python loop), 'scan' (one jitted
         `lax.scan` per chunk) or 'auto' (python on CPU, scan on GPU/TPU; see `resolve_loop`).
@@ -296,7 +297,7 @@ def run(
         attribute holds the history up to the failing chunk, ``step_range`` the failing chunk.
     """
     if num_steps < 0 or chunk < 1 or checkpoint_every < 1 or unroll < 1:
-        raise ValueError(
+        raise KfsrInputError(
             f"need num_steps >= 0, chunk >= 1, checkpoint_every >= 1, unroll >= 1; got "
             f"num_steps={num_steps}, chunk={chunk}, checkpoint_every={checkpoint_every}, unroll={unroll}"
         )
@@ -318,7 +319,7 @@ def run(
                 state = _fresh_copy(jax.tree.map(_uncommitted, state))
                 start = latest
                 if len(history) != start:
-                    raise ValueError(
+                    raise KfsrInputError(
                         f"checkpoint dir {store.directory} (step {latest}) is corrupt: "
                         f"history has {len(history)} entries, expected {start}"
                     )
@@ -342,10 +343,10 @@ def run(
                 done, n_chunk = hi, n_chunk + 1
                 latest = rows[-1]
                 if bar is not None:
-                    bar.update(n)
                     if len(latest) > 1:
                         bar.set_postfix({k: _fmt(v) for k, v in latest.items() if k != "step"},
                                         refresh=False)
+                    bar.update(n)  # redraws (with the postfix) at most every 0.1 s
                 if log_every and (hi // log_every > lo // log_every or hi == num_steps):
                     logging.info("%sstep %d/%d %s", desc and desc + ": ", hi, num_steps,
                                  " ".join(f"{k}={_fmt(v)}" for k, v in latest.items() if k != "step"))
@@ -365,7 +366,7 @@ def run(
 def _progress_bar(progress: bool, desc: str, total: int, initial: int):
     if not progress:
         return None
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     # disable=None: tqdm shows the bar only on a TTY (no noise in logs of batch jobs)
     return tqdm(total=total, initial=initial, desc=desc or None, unit="step", disable=None,

@@ -1,0 +1,150 @@
+"""Tests for kfsr.nets.dip (DIP-DKP skip U-Net) and kfsr.nets.norm.BatchStatNorm."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kfsr.errors import KfsrInputError
+from kfsr.nets.dip import (NonLocalBlock, SkipNet, concat_center_crop, dip_input, num_params,
+                           upsample2)
+from kfsr.nets.norm import BatchStatNorm
+
+TINY = dict(num_scales=3, channels_down=8, channels_up=8, channels_skip=4, nonlocal_from=1)
+
+
+def test_official_parameter_count():
+    # the official DIP-DKP config (3-channel input, 5 scales, 128/128/16): 2,359,939 parameters
+    shapes = jax.eval_shape(lambda: SkipNet().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert num_params(shapes) == 2_359_939
+    p = shapes["params"]
+    assert p["s0_skip_conv"]["kernel"].shape == (1, 1, 3, 16)
+    assert p["s0_down_conv"]["kernel"].shape == (3, 3, 3, 128)
+    assert p["s0_up_conv"]["kernel"].shape == (3, 3, 144, 128)
+    assert p["s0_cat_bn"]["scale"].shape == (144,)
+    assert "s1_nonlocal" not in p and "s2_nonlocal" in p and "s4_nonlocal" in p
+    assert p["s2_nonlocal"]["theta"]["kernel"].shape == (1, 1, 128, 64)
+    assert p["head"]["kernel"].shape == (1, 1, 128, 3)
+
+
+def test_torch_default_init():
+    params = SkipNet(**TINY).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    w, b = params["s0_up_conv"]["kernel"], params["s0_up_conv"]["bias"]
+    bound = 1 / math.sqrt(3 * 3 * w.shape[2])
+    assert float(jnp.max(jnp.abs(w))) <= bound and float(jnp.max(jnp.abs(w))) > 0.8 * bound
+    assert float(jnp.max(jnp.abs(b))) <= bound
+    assert np.all(np.asarray(params["s0_cat_bn"]["scale"]) == 1)
+    # non-local W's BN starts at gamma = beta = 0: the block is the identity at init
+    nl = params["s1_nonlocal"]
+    assert np.all(np.asarray(nl["W_bn"]["scale"]) == 0) and np.all(np.asarray(nl["W_bn"]["bias"]) == 0)
+
+
+def test_output_shape_range_and_odd_sizes():
+    net = SkipNet(**TINY)
+    z = dip_input(jax.random.key(1), (2, 32, 32, 3))
+    assert z.shape == (2, 32, 32, 3) and float(z.min()) >= 0 and float(z.max()) < 0.1
+    params = net.init(jax.random.key(0), z)
+    y = net.apply(params, z)
+    assert y.shape == (2, 32, 32, 3) and y.dtype == jnp.float32
+    assert float(y.min()) > 0 and float(y.max()) < 1
+    # unbatched input and odd sizes (centre-cropped concatenation) keep the input's spatial size
+    z1 = dip_input(jax.random.key(2), (33, 35))
+    assert z1.shape == (33, 35, 3)
+    y1 = net.apply(params, z1)
+    assert y1.shape == (33, 35, 3) and bool(jnp.all(jnp.isfinite(y1)))
+
+
+def test_bad_config_raises():
+    z = jnp.zeros((1, 16, 16, 3))
+    with pytest.raises(KfsrInputError):
+        SkipNet(**TINY, padding="circular").init(jax.random.key(0), z)
+    with pytest.raises(KfsrInputError):
+        SkipNet(**TINY, upsample="bicubic").init(jax.random.key(0), z)
+    with pytest.raises(KfsrInputError):
+        SkipNet(num_scales=2, channels_down=(4, 4, 4)).init(jax.random.key(0), z)
+
+
+def test_batch_stat_norm():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3)) * jnp.array([1.0, 3.0, 0.5]) + 2.0
+    bn = BatchStatNorm()
+    params = bn.init(jax.random.key(1), x)
+    y = bn.apply(params, x)  # no mutable collections needed
+    xn = np.asarray(x, np.float64)
+    mean, var = xn.mean((0, 1, 2)), xn.var((0, 1, 2))  # biased variance over the batch, like torch
+    np.testing.assert_allclose(np.asarray(y), (xn - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+    # learnable affine
+    params = {"params": {"scale": jnp.array([2.0, 1.0, 0.0]), "bias": jnp.array([0.0, 1.0, 5.0])}}
+    y = np.asarray(bn.apply(params, x))
+    np.testing.assert_allclose(y.std((0, 1, 2)), [2.0, 1.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(y.mean((0, 1, 2)), [0.0, 1.0, 5.0], atol=1e-5)
+    # under vmap each image is normalised by its own statistics
+    yv = np.asarray(jax.vmap(lambda xi: bn.apply(params, xi))(x))
+    np.testing.assert_allclose(yv.mean((1, 2)), [[0.0, 1.0, 5.0]] * 2, atol=1e-5)
+    np.testing.assert_allclose(yv.std((1, 2)), [[2.0, 1.0, 0.0]] * 2, atol=1e-3)
+
+
+def _torch_bilinear_x2_matrix(n):
+    """nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False) along one axis, as a matrix."""
+    m = np.zeros((2 * n, n))
+    for j in range(2 * n):
+        src = max((j + 0.5) / 2 - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        lam = src - i0
+        m[j, i0] += 1 - lam
+        m[j, i1] += lam
+    return m
+
+
+def test_bilinear_upsample_matches_torch_formula():
+    x = np.asarray(jax.random.uniform(jax.random.key(0), (2, 5, 7, 3)), np.float64)
+    ref = np.einsum("ph,qw,bhwc->bpqc", _torch_bilinear_x2_matrix(5), _torch_bilinear_x2_matrix(7), x)
+    y = np.asarray(upsample2(jnp.asarray(x, jnp.float32), "bilinear"))
+    np.testing.assert_allclose(y, ref, atol=1e-6)
+    # and jax.image.resize 'bilinear' without antialias (upsampling) is the same operator
+    r = np.asarray(jax.image.resize(jnp.asarray(x, jnp.float32), (2, 10, 14, 3), "bilinear",
+                                    antialias=False))
+    np.testing.assert_allclose(r, ref, atol=1e-6)
+    yn = np.asarray(upsample2(jnp.asarray(x, jnp.float32), "nearest"))
+    np.testing.assert_array_equal(yn[:, ::2, 1::2], x[:, :, :].astype(np.float32))
+
+
+def test_concat_center_crop():
+    a = jnp.arange(5 * 5, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    b = jnp.zeros((1, 4, 3, 2))
+    c = concat_center_crop([a, b])
+    assert c.shape == (1, 4, 3, 3)
+    # torch/DIP Concat: start = (size - target) // 2 -> rows 0..3, cols 1..3
+    np.testing.assert_array_equal(np.asarray(c[0, :, :, 0]), np.asarray(a[0, 0:4, 1:4, 0]))
+
+
+def test_nonlocal_reassociation_is_the_same_product():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 8))
+    blk = NonLocalBlock(inter_channels=4)
+    params = blk.init(jax.random.key(1), x)
+    params = jax.tree_util.tree_map(lambda a: a + 0.3, params)  # make W's BN non-zero
+    y1 = blk.apply(params, x)
+    y2 = NonLocalBlock(inter_channels=4, reassociate=False).apply(params, x)
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), atol=1e-5)
+    assert float(jnp.max(jnp.abs(y1 - x))) > 1e-2
+
+
+def test_one_adam_step_reduces_mse():
+    net = SkipNet(**TINY)
+    z = dip_input(jax.random.key(1), (1, 16, 16, 3))
+    target = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
+    params = net.init(jax.random.key(0), z)
+    tx = optax.adam(5e-3)
+
+    @jax.jit
+    def step(p, o):
+        loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.square(net.apply(p, z) - target)))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    p, o = params, tx.init(params)
+    p, o, l0 = step(p, o)
+    p, o, l1 = step(p, o)
+    assert float(l1) < float(l0)
