@@ -4,7 +4,8 @@
 
 Prints forward and gradient (w.r.t. image and kernel) milliseconds, the median of --runs runs after
 one warm-up/compile call, for a 256x256x3 image and K in {5, 11, 19, 33}. --layouts also times the
-grouped-depthwise NHWC conv that blur_direct does not use, to justify its layout choice.
+grouped-depthwise NHWC conv and the channels-folded 1->1 conv that blur_direct does not use
+(for RGB), to justify its layout choice.
 """
 import argparse
 import os
@@ -31,6 +32,15 @@ def grouped_nhwc(x, k, padding):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
 
 
+def folded_1to1(x, k, padding):
+    """Reference layout: channels folded into the batch, one 1->1 conv."""
+    size = k.shape[0]
+    xp = jnp.moveaxis(ops.pad(x, size, padding), -1, 0)[..., None]
+    y = lax.conv_general_dilated(xp, k[:, :, None, None], (1, 1), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.moveaxis(y[..., 0], 0, -1)
+
+
 def timeit(fn, args, runs):
     jax.block_until_ready(fn(*args))  # compile + warm up
     times = []
@@ -54,6 +64,7 @@ def main():
     impls = {"direct": ops.blur_direct, "fft": ops.blur_fft}
     if a.layouts:
         impls["grouped"] = grouped_nhwc
+        impls["folded"] = folded_1to1
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, image {a.size}x{a.size}x3, "
           f"padding={a.padding}, median of {a.runs} runs, ms")
     print(f"{'K':>3} " + " ".join(f"{n + ' fwd':>12} {n + ' grad':>12}" for n in impls))

@@ -52,13 +52,11 @@ def make_kernel(family: str, key, scale: int, size: int) -> np.ndarray:
     if family == "gaussian":
         return np.asarray(kernels.dkp_test_kernel(key, scale))
     if family == "motion":
-        k = kernels.trajectory_motion(key, size)
-    elif family in ("l_shape", "empty_square", "filled_square"):
-        k = kernels.shape_kernel(family, size)
-    else:
-        raise KfsrInputError(f"unknown kernel family {family!r} (gaussian, motion, l_shape, "
-                             "empty_square, filled_square)")
-    return np.asarray(kernels.center(k, kernels.target_center(size, scale, "dkp")))
+        return np.asarray(kernels.trajectory_motion(key, size, scale, convention="dkp"))
+    if family in ("l_shape", "empty_square", "filled_square"):
+        return np.asarray(kernels.shape_kernel(family, size, scale, convention="dkp"))
+    raise KfsrInputError(f"unknown kernel family {family!r} (gaussian, motion, l_shape, "
+                         "empty_square, filled_square)")
 
 
 def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "gaussian",

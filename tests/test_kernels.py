@@ -26,8 +26,6 @@ N_KEYS = 6
 GENERATORS = {
     "anisotropic_noisy": (lambda k: K.anisotropic_gaussian(k, 15, 3, 0.5, 6.0, 0.25), 15,
                           K.target_center(15, 3), 1e-3),
-    "anisotropic_dkp_conv": (lambda k: K.anisotropic_gaussian(k, 19, 4, 3.7, 20.0,
-                                                              convention="dkp"), 19, 7.5, 1e-3),
     "isotropic": (lambda k: K.isotropic_gaussian(k, 13, 0.8, 2.5, scale=2), 13, 6.5, 1e-3),
     "div2krk_x2": (lambda k: K.div2krk_kernel(k, 2), 11, 5.5, 1e-3),
     "div2krk_x4": (lambda k: K.div2krk_kernel(k, 4), 31, 16.5, 1e-3),
@@ -42,17 +40,36 @@ GENERATORS = {
 }
 
 
+SHAPES = ("l_shape", "empty_square", "filled_square")
+
+
 def _keys(n=N_KEYS, seed=0):
     return jax.random.split(jax.random.PRNGKey(seed), n)
 
 
+@pytest.fixture(scope="module")
+def batch():
+    """Every generator in ONE jit(vmap(.)) program over N_KEYS keys (compiled once; XLA shares
+    the common parts), plus the DIV2KRK x2/x4 pair and a wide noise-free Gaussian with its
+    parameters for the moment tests."""
+    def all_gens(k):
+        out = {name: g[0](k) for name, g in GENERATORS.items()}
+        out["div2krk_pair"] = (K.div2krk_kernel(k, 2), K.div2krk_kernel(k, 4))
+        out["wide"] = (K.anisotropic_gaussian(k, 41, 1, 0.6, 5.0),
+                       K.sample_gaussian_params(k, 0.6, 5.0))
+        out["shapes"] = {n: K.shape_kernel(n, 19, 4) for n in SHAPES}  # key-independent
+        out["l_shape_even"] = K.shape_kernel("l_shape", 20, 2, thickness=1.5, extent=9.0)
+        return out
+
+    return jax.tree_util.tree_map(np.asarray, jax.jit(jax.vmap(all_gens))(_keys()))
+
+
 @pytest.mark.parametrize("name", list(GENERATORS))
-def test_generator_contract(name):
-    fn, size, target, tol = GENERATORS[name]
-    ks = jax.jit(jax.vmap(fn))(_keys())
+def test_generator_contract(batch, name):
+    _, size, target, tol = GENERATORS[name]
+    ks = batch[name]
     chex.assert_shape(ks, (N_KEYS, size, size))
-    chex.assert_type(ks, jnp.float32)
-    ks = np.asarray(ks)
+    chex.assert_type(ks, np.float32)
     assert np.isfinite(ks).all() and ks.min() >= 0
     np.testing.assert_allclose(ks.sum(axis=(1, 2)), 1.0, atol=1e-5)
     com = np.asarray(K.center_of_mass(ks))
@@ -80,29 +97,19 @@ def _moments(k):
     return m, np.einsum("ij,ija,ijb->ab", k, d, d)
 
 
-def test_gaussian_covariance_and_eigen_range():
+def test_gaussian_covariance_and_eigen_range(batch):
     """Noise-free Gaussians on a 41x41 grid (no truncation): second moments give back
-    R(theta) diag(l1, l2) R(theta)^T in (x=col, y=row); the generator's eigenvalues lie in range."""
-    params = jnp.array([[0.6, 5.0, 0.0], [2.0, 0.7, 1.0], [4.5, 1.3, 2.8]], jnp.float32)
-
-    @jax.jit
-    def run(params, keys):
-        a = jax.vmap(lambda p: K.gaussian_from_params(41, p[0], p[1], p[2], 20.0))(params)
-        b = jax.vmap(lambda k: K.anisotropic_gaussian(k, 41, 1, 0.6, 5.0))(keys)
-        return a, b
-
-    a, b = map(np.asarray, run(params, _keys(8, seed=3)))
-    for (l1, l2, th), k in zip(np.asarray(params), a):
+    R(theta) diag(l1, l2) R(theta)^T in (x=col, y=row) from the drawn parameters, whose
+    eigenvalues lie in the requested range [0.6, 5]."""
+    wide, (l1s, l2s, ths) = batch["wide"]
+    assert l1s.min() >= 0.6 and l2s.max() <= 5.0 and ths.min() >= 0 and ths.max() < np.pi
+    for k, l1, l2, th in zip(wide, l1s, l2s, ths):
         m, cov = _moments(k)
         q = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
         sig_xy = q @ np.diag([l1, l2]) @ q.T
-        np.testing.assert_allclose(cov, sig_xy[::-1, ::-1], atol=1e-3)
+        np.testing.assert_allclose(cov, sig_xy[::-1, ::-1], atol=1e-3)  # (row, col) order
         np.testing.assert_allclose(m, 20.0, atol=1e-4)
-    # theta = 0: lambda1 along the columns (x), lambda2 along the rows (y)
-    _, cov0 = _moments(a[0])
-    assert abs(cov0[1, 1] - 0.6) < 1e-3 and abs(cov0[0, 0] - 5.0) < 1e-3
-    for k in b:
-        ev = np.linalg.eigvalsh(_moments(k)[1])
+        ev = np.linalg.eigvalsh(cov)
         assert ev.min() > 0.6 - 1e-3 and ev.max() < 5.0 + 1e-3, ev
 
 
@@ -135,11 +142,13 @@ def test_dkp_stored_kernels_regenerated():
         np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), m["com"], atol=2e-5)
 
 
-def test_div2krk_x4_is_two_x2_passes():
-    keys = _keys(2, seed=7)
-    k2, k4 = jax.jit(jax.vmap(lambda k: (K.div2krk_kernel(k, 2), K.div2krk_kernel(k, 4))))(keys)
-    k2, k4 = np.asarray(k2, np.float64), np.asarray(k4, np.float64)
-    assert k4.shape == (2, 31, 31)
+def test_div2krk_x4_is_two_x2_passes(batch):
+    k2, k4 = batch["div2krk_pair"]
+    for k, size, t in ((k2, 11, 5.5), (k4, 31, 16.5)):  # contract: shape, >=0, sum, centre
+        assert k.shape == (N_KEYS, size, size) and k.dtype == np.float32 and k.min() >= 0
+        np.testing.assert_allclose(k.sum(axis=(1, 2)), 1.0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), t, atol=1e-3)
+    k2, k4 = np.asarray(k2[:2], np.float64), np.asarray(k4[:2], np.float64)
     x = np.random.default_rng(0).random((64, 64))
     for a, b in zip(k2, k4):
         # KernelGAN's analytic_kernel before its crop
@@ -158,17 +167,16 @@ def test_div2krk_x4_is_two_x2_passes():
             ndimage.center_of_mass(a)), atol=1e-5)
 
 
-def test_shapes():
-    run = jax.jit(lambda: {n: K.shape_kernel(n, 19, 4) for n in
-                           ("l_shape", "empty_square", "filled_square")})
-    out = {n: np.asarray(v) for n, v in run().items()}
+def test_shapes(batch):
+    out = {n: v[0] for n, v in batch["shapes"].items()}
     for n, k in out.items():
         assert k.shape == (19, 19) and k.min() >= 0 and abs(k.sum() - 1) < 1e-5
         np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), 10.5, atol=1e-4)
     c = (10, 10)
     assert out["empty_square"][c] == 0 and out["filled_square"][c] > 0
     assert not np.allclose(out["l_shape"], out["l_shape"][::-1, ::-1])  # not symmetric
-    even = np.asarray(K.shape_kernel("l_shape", 20, 2, thickness=1.5, extent=9.0))
+    even = batch["l_shape_even"][0]
+    assert even.shape == (20, 20)
     np.testing.assert_allclose(np.asarray(K.center_of_mass(even)), K.target_center(20, 2),
                                atol=1e-4)
     with pytest.raises(KfsrInputError):

@@ -32,9 +32,11 @@ Re-centring
 The official recipes (KernelGAN notebook, FKP, DKP) build a Gaussian, multiply by noise and move
 the centre of mass with ``scipy.ndimage.shift`` (cubic spline, ``mode='constant'``), then
 normalise. ``shift(..., method='spline')`` is an exact jax port of that call (mirror-boundary
-B-spline prefilter, zero outside the grid; equal to scipy 1.17 to ~1e-16 in float64) and
-reproduces DKP's stored kernels; one spline pass leaves the centre of mass ~0.01-0.05 px off the
-target (truncation), exactly as the official code does. kfsr's own Gaussian generators default to
+B-spline prefilter, zero outside the grid: the same operator as scipy 1.17 -- 1e-16 apart in
+float64, ~1e-7 relative in kfsr's float32) and
+reproduces DKP's stored kernels; one spline pass leaves the centre of mass off the target
+(truncation: up to ~0.09 px for DKP test kernels, ~0.2 px for DKP prior kernels over 200 draws),
+exactly as the official code does. kfsr's own Gaussian generators default to
 ``recenter='mean'``: the analytic mean is moved by Newton steps (Jacobian ``Cov_k Sigma^-1``)
 until the centre of mass of the sampled (noisy, truncated) kernel equals the target to ~1e-5 px,
 with no interpolation. Motion and shape kernels are built from points / areas placed so that the
@@ -94,11 +96,13 @@ def center_of_mass(k):
 def target_center(size: int, scale: int, convention: str = "aligned") -> float:
     """Target centre of mass (same on both axes) of a ``size``-square kernel for scale ``scale``.
 
-    ``"aligned"``: ``size//2 + 0.5*(scale - size % 2)`` (KernelGAN / DIV2KRK; shift-free for odd
-    sizes under kfsr's forward model). ``"dkp"``: ``(size - scale)/2`` (DKP official).
+    ``"aligned"``: ``size//2 + (scale - 1)/2``: with correlation anchored at ``size//2`` and stride
+    sampling at offset 0, LR pixel i then sits at HR ``s*i + (s-1)/2`` (as bicubic), for odd and
+    even sizes. Equals KernelGAN / DIV2KRK's ``size//2 + 0.5*(scale - size % 2)`` for odd sizes
+    (KernelGAN's even-size formula assumes another anchor). ``"dkp"``: ``(size - scale)/2``.
     """
     if convention == "aligned":
-        return size // 2 + 0.5 * (scale - size % 2)
+        return size // 2 + 0.5 * (scale - 1)
     if convention == "dkp":
         return (size - scale) / 2.0
     raise KfsrInputError(f"kernel centre convention {convention!r}: use 'aligned' or 'dkp'")
@@ -452,8 +456,9 @@ def dkp_test_kernel(key, scale: int, noise_level=0.0, *, recenter: str = "spline
     angle ~ U[0, pi), optional noise (1 + U[-n, n]); Gaussian mean at the aligned centre
     ``K//2 + (s - K%2)/2`` (10.5 at x4), then one cubic-spline shift of the centre of mass to
     DKP's ``(K - s)/2`` (7.5 at x4), clip at 0, normalise. With ``recenter='spline'`` (default)
-    this is the official construction (the centre of mass ends ~0.01-0.05 px off, as in DKP's
-    data); ``'mean'`` puts it exactly at ``(K - s)/2``.
+    this is the official construction: the centre of mass ends slightly off, as in DKP's data
+    (max |error| over 200 draws: 0.04 px at x2-x4, 0.09 px at x8); ``'mean'`` puts it exactly
+    at ``(K - s)/2``.
     """
     size = dkp_kernel_size(scale)
     lo, hi = dkp_test_range(scale)
@@ -513,7 +518,8 @@ def _place(points, size: int, target):
     lo = -jnp.min(d, axis=0)
     room_hi = (size - 1) - t - 1e-4
     room_lo = t - 1e-4
-    a = jnp.minimum(jnp.min(room_hi / jnp.maximum(hi, 1e-6)), jnp.min(room_lo / jnp.maximum(lo, 1e-6)))
+    a = jnp.minimum(jnp.min(room_hi / jnp.maximum(hi, 1e-6)),
+                    jnp.min(room_lo / jnp.maximum(lo, 1e-6)))
     return t + jnp.minimum(a, 1.0) * d
 
 
@@ -542,25 +548,29 @@ def line_motion(key, size: int, length_range=None, angle_range=(0.0, math.pi), s
 
 
 def trajectory_motion(key, size: int, scale: int = 1, convention: str = "aligned",
-                      length_range=None, anxiety=None, n_steps: int = 2000,
-                      exposure: float = 1.0):
+                      length_range=None, anxiety=None, anxiety_max: float = 0.01,
+                      n_steps: int = 2000, exposure: float = 1.0):
     """Random camera-shake blur after Boracchi & Foi, "Modeling the performance of image
     restoration from motion blur", IEEE Trans. Image Process. 21(8), 2012 (their
     ``createTrajectory`` / ``createPSFs``; also DeblurGAN's generator, used by DKP's paper).
 
     A particle moves ``n_steps - 1`` steps of constant length ``L/(n_steps-1)``. Per trajectory:
-    ``anxiety ~ 0.1 U`` (unless given), centripetal ``0.7 U``, Gaussian term ``10 U``, big-shake
-    frequency ``0.2 U``, initial direction ``U[0, 2pi)``. Each step:
+    ``anxiety ~ anxiety_max * U`` (unless ``anxiety`` is given), centripetal ``0.7 U``,
+    Gaussian term ``10 U``, big-shake frequency ``0.2 U``, initial direction ``U[0, 2pi)``.
+    Boracchi & Foi's default is ``anxiety_max = 0.1`` (with 2000 steps the direction then
+    decorrelates within a few dozen steps and a length-L path covers only ~L/9 px: near-round
+    blobs); kfsr defaults to ``0.01`` (mean 0.005, DeblurGAN's recommended value), which gives
+    curved camera-shake paths spanning ~L/2. Each step:
     ``dv = shake + anxiety * (gauss * N(0, I) - centripetal * x) * L/(n_steps-1)`` with an
     impulsive ``shake = 2 v rotated by pi + U[-0.5, 0.5]`` when ``U < freq * anxiety``; then
     ``v = (v + dv)`` rescaled to the step length, ``x += v`` (a ``lax.scan``).
     The first ``exposure`` fraction of the samples (static) is placed with its mean at
     ``target_center(size, scale, convention)``, shrunk about it if it would not fit, and
     rasterised sub-pixel by bilinear splatting with equal weights (as Boracchi-Foi's PSFs), so
-    the centre of mass is the target. ``L ~ U[length_range]`` (default ``(0.5*size, size)``).
+    the centre of mass is the target. ``L ~ U[length_range]`` (default ``(0.5*size, 1.5*size)``).
     """
     if length_range is None:
-        length_range = (0.5 * size, 1.0 * size)
+        length_range = (0.5 * size, 1.5 * size)
     m = n_steps - 1
     u = jax.random.uniform(key, (6 + 4 * m,), _F32)  # one threefry loop: fast to compile
     # N(0, I) by Box-Muller from the same draw (avoids a second threefry + erfinv)
@@ -568,7 +578,7 @@ def trajectory_motion(key, size: int, scale: int = 1, convention: str = "aligned
     phi = 2.0 * jnp.pi * u[6 + 3 * m:]
     g = jnp.stack([r * jnp.cos(phi), r * jnp.sin(phi)], axis=-1)
     length = length_range[0] + u[0] * (length_range[1] - length_range[0])
-    anxiety = 0.1 * u[1] if anxiety is None else jnp.asarray(anxiety, _F32)
+    anxiety = anxiety_max * u[1] if anxiety is None else jnp.asarray(anxiety, _F32)
     centripetal = 0.7 * u[2]
     gauss = 10.0 * u[3]
     freq_big = 0.2 * u[4]
@@ -696,7 +706,8 @@ def _from_mat(path: str, key: str | None, index: int):
         if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number):
             if np.squeeze(v).ndim == 2 or key is not None:
                 return np.squeeze(v)
-    raise KfsrInputError(f"{path}: no 2-D numeric variable (variables: {', '.join(names) or 'none'})")
+    raise KfsrInputError(f"{path}: no 2-D numeric variable "
+                         f"(variables: {', '.join(names) or 'none'})")
 
 
 def _from_image(path: str):
