@@ -48,9 +48,16 @@ def _fail(msg: str) -> None:
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # hide jax's backend probing chatter
     from kfsr import cli  # imported after flag parsing: jax initialises here
 
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.to_dict()  # a file that failed to load only raises when used
+    except OSError as e:  # config file missing or failing to import
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        _fail(f"--config: {lines[-1]}")
     try:
         config = cli.resolve_config(config, scale=_SCALE.value, seed=_SEED.value)
         if _DRY_RUN.value:
@@ -64,5 +71,20 @@ def main(argv):
         _fail(str(e).strip().splitlines()[0])
 
 
+def _parse(argv):
+    """absl flag parsing, with one-line errors for bad flags, presets and config fields."""
+    argv = ["--dry_run" if a == "--dry-run" else a for a in argv]
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        _fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        # ml_collections reports an unknown --config.<field> as AttributeError/KeyError.
+        bad = [a for a in argv[1:] if a.startswith("--config")]
+        field = str(e).strip().strip("\"'").splitlines()[0] if str(e).strip() else "?"
+        _fail(f"bad config flag ({' '.join(bad)}): the config has no field {field!r}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse)

@@ -8,7 +8,8 @@ method and antialiasing, which SR papers use to make and evaluate LR images:
     support 4 / s;
   * output pixel x (1-based) reads input coordinate u = x / s + 0.5 * (1 - 1 / s);
   * taps outside the image are mirrored (half-sample symmetric: aux = [1:n, n:-1:1]), not clipped;
-    this is where `jax.image.resize` and Pillow differ (they drop out-of-range taps and renormalise);
+    this is where `jax.image.resize` and Pillow differ (they drop out-of-range taps and
+    renormalise);
   * weights of each output pixel are normalised to sum 1;
   * dimensions are resized one at a time, the one with the smaller scale first (MATLAB's
     `[~, order] = sort(scale)`, stable: H first on ties).
@@ -39,7 +40,7 @@ def cubic(x):
 
 @functools.lru_cache(maxsize=256)
 def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = True) -> np.ndarray:
-    """Dense (out_len, in_len) float64 matrix M with y = M @ x for one axis (MATLAB contributions)."""
+    """Dense (out_len, in_len) float64 M with y = M @ x along one axis (MATLAB's contributions)."""
     kernel_width = 4.0
     if scale < 1 and antialias:
         # Widen the kernel to low-pass before decimating (MATLAB's antialiasing).
@@ -87,7 +88,8 @@ def output_size(in_hw, scale=None, output_shape=None):
     if output_shape is not None:
         out = _as_pair(output_shape, "output_shape")
         if not all(int(o) == o and o >= 1 for o in out):
-            raise KfsrInputError(f"imresize: output_shape must be positive ints, got {output_shape!r}")
+            raise KfsrInputError(
+                f"imresize: output_shape must be positive ints, got {output_shape!r}")
         out = tuple(int(o) for o in out)
         if scale is None:
             sc = (out[0] / in_hw[0], out[1] / in_hw[1])

@@ -15,7 +15,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from kfsr.errors import KfsrInputError
@@ -77,7 +76,8 @@ def pad(x, size, padding):
 def _out_hw(h, w, size, padding):
     if padding == "valid":
         if size > h or size > w:
-            raise KfsrInputError(f"blur: valid padding needs K <= H, W; got K={size}, image {h}x{w}")
+            raise KfsrInputError(
+                f"blur: valid padding needs K <= H, W; got K={size}, image {h}x{w}")
         return h - size + 1, w - size + 1
     return h, w
 
@@ -273,7 +273,8 @@ def downsample(x, scale: int, offset: int = 0):
     if int(scale) != scale or scale < 1:
         raise KfsrInputError(f"downsample: scale must be an integer >= 1, got {scale!r}")
     if int(offset) != offset or not 0 <= offset < scale:
-        raise KfsrInputError(f"downsample: offset must be an integer in [0, {scale}), got {offset!r}")
+        raise KfsrInputError(
+            f"downsample: offset must be an integer in [0, {scale}), got {offset!r}")
     if x.ndim not in (3, 4):
         raise KfsrInputError(f"downsample: image must be (H,W,C) or (B,H,W,C), got {x.shape}")
     s, o = int(scale), int(offset)

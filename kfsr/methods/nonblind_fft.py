@@ -110,15 +110,15 @@ def tv_denoise(x: jax.Array, weight: float, n_iter: int = 30) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("scale", "offset"))
 def tikhonov_sr(lr, kernel, init, *, scale: int, offset: int = 0, alpha: float = 1e-4,
-                lam: float = 2e-3):
+                lam: float = 2e-4):
     """One exact solve with the gradient (Tikhonov) prior; alpha pulls weakly toward `init`."""
     return jnp.clip(data_solve(lr, kernel, init, scale=scale, offset=offset, alpha=alpha, lam=lam),
                     0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "offset", "iters", "tv_iters"))
-def tv_sr(lr, kernel, init, *, scale: int, offset: int = 0, alpha: float = 0.05,
-          lam: float = 2e-3, iters: int = 8, tv_iters: int = 30):
+def tv_sr(lr, kernel, init, *, scale: int, offset: int = 0, alpha: float = 0.01,
+          lam: float = 2e-4, iters: int = 20, tv_iters: int = 30):
     """Half-quadratic splitting: exact data step (weight alpha to z), then TV(z) with weight lam/alpha."""
 
     def body(_, z):
