@@ -1,0 +1,80 @@
+"""run.py end to end: outputs, folders with a summary, skip-if-done, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kfsr import io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DKP_SET = os.path.join(ROOT, "..", "shared", "data", "set5_c224_x4_dkp")
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_nonblind_folder_run_writes_outputs_and_summary(tmp_path):
+    """A folder of two LR images with per-image kernels and GT: one output folder each + summary."""
+    lr_dir, k_dir, gt_dir = (tmp_path / d for d in ("lr", "k", "gt"))
+    for d in (lr_dir, k_dir, gt_dir):
+        d.mkdir()
+    for name in ("bird", "head"):
+        for src, dst, ext in (("lr", lr_dir, ".png"), ("kernels", k_dir, ".npy"), ("hr", gt_dir, ".png")):
+            (dst / (name + ext)).write_bytes(open(os.path.join(DKP_SET, src, name + ext), "rb").read())
+    before = {p: p.read_bytes() for p in lr_dir.iterdir()}
+    out = tmp_path / "out"
+    r = _run("--config=configs/nonblind.py", f"--input={lr_dir}", f"--kernel={k_dir}",
+             f"--gt={gt_dir}", f"--gt_kernel={k_dir}", f"--output={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("bird", "head"):
+        files = set(os.listdir(out / name))
+        assert {"hr.png", "kernel.npy", "kernel.png", "metrics.json", "config.json"} <= files
+        m = json.load(open(out / name / "metrics.json"))
+        assert m["psnr_y"] > 28.0 and m["lr_psnr"] > 40.0, m
+        assert io.load_image(str(out / name / "hr.png")).shape == (224, 224, 3)
+    summary = json.load(open(out / "summary.json"))
+    assert [r["image"] for r in summary["images"]] == ["bird", "head"]
+    assert "| **mean** |" in open(out / "summary.md").read()
+    assert {p: p.read_bytes() for p in lr_dir.iterdir()} == before  # inputs untouched
+    # A second run skips the finished images.
+    r2 = _run("--config=configs/nonblind.py", f"--input={lr_dir}", f"--kernel={k_dir}",
+              f"--output={out}")
+    assert r2.returncode == 0 and r2.stdout.count("skipped") == 2, r2.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config=configs/nonblind.py", "--input=/no/such.png"], "file not found"),
+    (["--config=configs/nonblind.py", "--config.bogus=1"], "no field 'bogus'"),
+    (["--config=configs/nonblind.py", "--config.scale=abc"], "--config.scale"),
+    (["--config=configs/nonblind.py", "--scale=0"], "config.scale=0"),
+    (["--config=configs/nonblind.py:nope"], "unknown preset"),
+    (["--config=configs/no_such.py"], "No such file"),
+    (["--config=configs/nonblind.py", "stray"], "unexpected arguments"),
+])
+def test_bad_flags_give_one_line_errors(args, needle):
+    r = _run(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and needle in lines[-1], r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_image_and_small_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    r = _run("--config=configs/nonblind.py", f"--input={bad}")
+    assert r.returncode == 2 and "bad.png" in r.stderr and "Traceback" not in r.stderr
+    tiny = tmp_path / "tiny.png"
+    io.save_image(str(tiny), np.zeros((2, 2, 3), np.float32))
+    r = _run("--config=configs/nonblind.py", f"--input={tiny}")
+    assert r.returncode == 2 and "tiny.png" in r.stderr, r.stderr[-800:]
+
+
+def test_dry_run_prints_resolved_config():
+    r = _run("--config=configs/nonblind.py:tv", "--scale=2", "--dry-run")
+    assert r.returncode == 0 and "scale: 2" in r.stdout and "solver: tv" in r.stdout, r.stdout
