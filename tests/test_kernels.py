@@ -79,7 +79,14 @@ def test_generator_contract(batch, name):
 
 def test_target_center_conventions():
     assert K.target_center(11, 2) == 5.5 and K.target_center(31, 4) == 16.5
-    assert K.target_center(19, 4) == 10.5 and K.target_center(20, 4) == 12.0
+    assert K.target_center(19, 4) == 10.5 and K.target_center(20, 4) == 11.5
+    # The kernel that averages each s x s block {s*i, ..., s*i+s-1} under correlation anchored at
+    # K//2 (LR pixel i at HR s*i + (s-1)/2, as bicubic): its centre of mass is the target for odd
+    # and even K alike.
+    for size, s in ((3, 2), (4, 2), (8, 4), (9, 4)):
+        box = np.zeros((size, size), np.float32)
+        box[size // 2: size // 2 + s, size // 2: size // 2 + s] = 1.0 / s**2
+        assert float(K.center_of_mass(box)[0]) == K.target_center(size, s), (size, s)
     assert [K.target_center(K.dkp_kernel_size(s), s, "dkp") for s in (2, 3, 4, 8)] == \
         [4.5, 6.0, 7.5, 6.5]
     assert [K.dkp_kernel_size(s) for s in (2, 3, 4, 8)] == [11, 15, 19, 21]
