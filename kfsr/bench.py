@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -184,6 +185,17 @@ def _kernel_figure(rows, cases, methods, path):
     plt.close(fig)
 
 
+def _machine() -> str:
+    import jax
+
+    model = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        model = names[0] if names else model
+    return (f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"jax {jax.__version__}")
+
+
 def update_docs(section: str, text: str, path: str = os.path.join(ROOT, "docs", "BENCHMARKS.md")):
     """Replace the block between <!-- bench:section --> markers (append it if new)."""
     begin, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
@@ -221,7 +233,7 @@ def main(argv=None):
         if m not in METHODS:
             raise SystemExit(f"error: unknown method {m!r}; known: {', '.join(METHODS)}")
     overrides = dict(s.split("=", 1) for s in a.set)
-    cmd = "python -m kfsr.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m kfsr.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     for family in a.kernels.split(","):
         set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit)
         if a.images:
@@ -258,7 +270,7 @@ def main(argv=None):
         print(table)
         if a.update_docs:
             when = datetime.date.today().isoformat()
-            machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
+            machine = _machine()
             per_image = ["| method | image | PSNR-Y | SSIM-Y | kernel PSNR | s |", "|---" * 6 + "|"]
             for r in rows:
                 per_image.append(f"| {r['method']} | {r['image']} | {r.get('psnr_y', float('nan')):.2f} | "
