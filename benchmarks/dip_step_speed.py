@@ -38,6 +38,23 @@ SWEEP = {
 }
 
 
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_sample():
+    """(machine busy jiffies, this process's jiffies, wall time)."""
+    with open("/proc/stat") as f:
+        v = [int(a) for a in f.readline().split()[1:]]
+    with open("/proc/self/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return sum(v) - v[3] - v[4], int(st[11]) + int(st[12]), time.perf_counter()
+
+
+def _foreign_cores(a, b):
+    """Average number of cores other processes used between two samples (machine-load monitor)."""
+    return max(((b[0] - a[0]) - (b[1] - a[1])) / _CLK / max(b[2] - a[2], 1e-9), 0.0)
+
+
 def _parse_net(items):
     out = {}
     for it in items or ():
@@ -87,8 +104,15 @@ def make_kfsr_step(size=256, channels=128, skip=16, seed=0, **net_kw):
     return run_one, num_params(params)
 
 
-def run(size=256, channels=128, steps=10, warmup=2, threads=2, torch_=True, net_kw=None, verbose=True):
-    """Interleaved timing. Returns dict name -> dict(ms, all, params)."""
+def run(size=256, channels=128, steps=10, warmup=2, threads=2, torch_=True, net_kw=None,
+        verbose=True, min_quiet=0, quiet=0.15, max_minutes=30.0):
+    """Interleaved timing: each round runs one step of every runner.
+
+    A round is "quiet" when other processes used < `quiet` cores during each of its steps. Runs at
+    least `steps` rounds and, with `min_quiet` > 0, goes on until `min_quiet` quiet rounds are
+    collected or `max_minutes` pass. Returns dict name -> dict(ms, all, params, foreign, quiet_ms,
+    n_quiet) plus "_meta".
+    """
     import jax
 
     runners = {}
@@ -106,17 +130,35 @@ def run(size=256, channels=128, steps=10, warmup=2, threads=2, torch_=True, net_
         for _ in range(warmup if name != "kfsr" else max(warmup - 1, 0)):
             f()
     times = {name: [] for name in runners}
-    for r in range(steps):
+    foreign = {name: [] for name in runners}
+    quiet_rounds = []
+    start = time.perf_counter()
+    r = 0
+    while True:
+        enough = r >= steps and len(quiet_rounds) >= min_quiet
+        if enough or (r >= steps and time.perf_counter() - start > 60 * max_minutes):
+            break
         for name, (f, _) in runners.items():
+            a = _cpu_sample()
             t = time.perf_counter()
             f()
             times[name].append((time.perf_counter() - t) * 1e3)
+            foreign[name].append(_foreign_cores(a, _cpu_sample()))
+        if all(foreign[k][-1] < quiet for k in runners):
+            quiet_rounds.append(r)
         if verbose:
-            print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in times.items()), flush=True)
-    res = {name: dict(ms=statistics.median(times[name]), all=times[name], params=runners[name][1])
-           for name in runners}
+            print(f"  round {r}{' (quiet)' if quiet_rounds and quiet_rounds[-1] == r else ''}: "
+                  + ", ".join(f"{k} {v[-1]:.0f} ms (others {foreign[k][-1]:.2f} cores)"
+                              for k, v in times.items()), flush=True)
+        r += 1
+    res = {}
+    for name in runners:
+        q = [times[name][i] for i in quiet_rounds]
+        res[name] = dict(ms=statistics.median(times[name]), all=times[name], params=runners[name][1],
+                         foreign=statistics.median(foreign[name]),
+                         quiet_ms=statistics.median(q) if q else None, n_quiet=len(q))
     res["_meta"] = dict(compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                        jax=jax.__version__, load=os.getloadavg())
+                        jax=jax.__version__, load=os.getloadavg(), rounds=r)
     return res
 
 
@@ -124,18 +166,25 @@ def print_table(res, title=""):
     meta = res["_meta"]
     print(f"\n{title}XLA_FLAGS={meta['xla_flags']!r}  jax {meta['jax']}  kfsr first call (compile+run) "
           f"{meta['compile_s']:.1f} s  load {meta['load'][0]:.1f}")
-    counts = {k: v["params"] for k, v in res.items() if k != "_meta"}
+    rows = {k: v for k, v in res.items() if k != "_meta"}
+    counts = {k: v["params"] for k, v in rows.items()}
     print("params: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
           + ("  (agree)" if len(set(counts.values())) == 1 else "  (DIFFER!)"))
-    print(f"{'':22s}{'median ms':>10s}{'min':>8s}{'max':>8s}")
-    for k, v in res.items():
-        if k == "_meta":
-            continue
-        print(f"{k:22s}{v['ms']:10.0f}{min(v['all']):8.0f}{max(v['all']):8.0f}")
-    if "torch NCHW" in res:
-        kf = res["kfsr"]["ms"]
-        print(f"ratio kfsr/torch NCHW {kf / res['torch NCHW']['ms']:.2f}   "
-              f"kfsr/torch channels-last {kf / res['torch channels-last']['ms']:.2f}")
+    nq = next(iter(rows.values()))["n_quiet"]
+    print(f"{'':22s}{'median ms':>10s}{'min':>8s}{'max':>8s}{'others(cores)':>15s}"
+          f"{'quiet median':>14s}  ({nq} of {meta['rounds']} rounds quiet)")
+    for k, v in rows.items():
+        qm = f"{v['quiet_ms']:14.0f}" if v["quiet_ms"] is not None else f"{'-':>14s}"
+        print(f"{k:22s}{v['ms']:10.0f}{min(v['all']):8.0f}{max(v['all']):8.0f}{v['foreign']:15.2f}{qm}")
+    if "torch NCHW" in rows:
+        for label, key in (("all rounds", "ms"), ("quiet rounds", "quiet_ms")):
+            kf, tn, tc = (rows[k][key] for k in ("kfsr", "torch NCHW", "torch channels-last"))
+            if kf is not None:
+                print(f"ratio ({label}): kfsr/torch NCHW {kf / tn:.2f}   kfsr/torch channels-last {kf / tc:.2f}")
+    busy = max(v["foreign"] for v in rows.values())
+    if busy > 0.15:
+        print(f"WARNING: other processes used ~{busy:.1f} cores (median) during the timing: all-round "
+              "numbers are not representative (OpenMP-based torch suffers most); trust quiet rounds.")
 
 
 def sweep(args):
@@ -164,7 +213,10 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--net", action="append", help="SkipNet field override, e.g. nonlocal_reassociate=False")
     ap.add_argument("--sweep", action="store_true", help="run every flag set of SWEEP in a subprocess")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--min-quiet", type=int, default=0,
+                    help="keep going until this many rounds ran with other processes idle")
+    ap.add_argument("--max-minutes", type=float, default=30.0)
+    ap.add_argument("--quiet", action="store_true", help="no per-round output")
     args = ap.parse_args()
     if args.sweep:
         sweep(args)
@@ -175,7 +227,8 @@ def main():
     sys.path.insert(0, ROOT)
     import kfsr  # noqa: F401  (applies kfsr.backend.configure() unless disabled above)
     res = run(args.size, args.channels, args.steps, args.warmup, args.threads, not args.no_torch,
-              _parse_net(args.net), verbose=not args.quiet)
+              _parse_net(args.net), verbose=not args.quiet, min_quiet=args.min_quiet,
+              max_minutes=args.max_minutes)
     print_table(res, f"{args.size}x{args.size}, {args.channels} ch, {args.steps} interleaved rounds. ")
 
 

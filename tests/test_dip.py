@@ -8,11 +8,17 @@ import optax
 import pytest
 
 from kfsr.errors import KfsrInputError
-from kfsr.nets.dip import (NonLocalBlock, SkipNet, concat_center_crop, dip_input, num_params,
-                           upsample2)
+from kfsr.nets.dip import (NonLocalBlock, SkipNet, concat_center_crop, dip_input, init_params,
+                           num_params, strided_conv_phase, upsample2)
 from kfsr.nets.norm import BatchStatNorm
 
-TINY = dict(num_scales=3, channels_down=8, channels_up=8, channels_skip=4, nonlocal_from=1)
+# small enough to compile in seconds; still has skip, strided conv, non-local block, bilinear up
+TINY = dict(num_scales=2, channels_down=8, channels_up=8, channels_skip=4, nonlocal_from=1)
+
+
+def compile0(f, *args):
+    """jit + compile at XLA optimisation level 0: these tests check numbers, not speed."""
+    return jax.jit(f).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
 def test_official_parameter_count():
@@ -30,7 +36,7 @@ def test_official_parameter_count():
 
 
 def test_torch_default_init():
-    params = SkipNet(**TINY).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    params = init_params(SkipNet(**TINY), jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
     w, b = params["s0_up_conv"]["kernel"], params["s0_up_conv"]["bias"]
     bound = 1 / math.sqrt(3 * 3 * w.shape[2])
     assert float(jnp.max(jnp.abs(w))) <= bound and float(jnp.max(jnp.abs(w))) > 0.8 * bound
@@ -45,25 +51,25 @@ def test_output_shape_range_and_odd_sizes():
     net = SkipNet(**TINY)
     z = dip_input(jax.random.key(1), (2, 32, 32, 3))
     assert z.shape == (2, 32, 32, 3) and float(z.min()) >= 0 and float(z.max()) < 0.1
-    params = net.init(jax.random.key(0), z)
-    y = net.apply(params, z)
+    params = init_params(net, jax.random.key(0), z)
+    y = compile0(net.apply, params, z)(params, z)
     assert y.shape == (2, 32, 32, 3) and y.dtype == jnp.float32
     assert float(y.min()) > 0 and float(y.max()) < 1
     # unbatched input and odd sizes (centre-cropped concatenation) keep the input's spatial size
     z1 = dip_input(jax.random.key(2), (33, 35))
     assert z1.shape == (33, 35, 3)
-    y1 = net.apply(params, z1)
+    y1 = compile0(net.apply, params, z1)(params, z1)
     assert y1.shape == (33, 35, 3) and bool(jnp.all(jnp.isfinite(y1)))
 
 
 def test_bad_config_raises():
     z = jnp.zeros((1, 16, 16, 3))
     with pytest.raises(KfsrInputError):
-        SkipNet(**TINY, padding="circular").init(jax.random.key(0), z)
+        jax.eval_shape(SkipNet(**TINY, padding="circular").init, jax.random.key(0), z)
     with pytest.raises(KfsrInputError):
-        SkipNet(**TINY, upsample="bicubic").init(jax.random.key(0), z)
+        jax.eval_shape(SkipNet(**TINY, upsample="bicubic").init, jax.random.key(0), z)
     with pytest.raises(KfsrInputError):
-        SkipNet(num_scales=2, channels_down=(4, 4, 4)).init(jax.random.key(0), z)
+        jax.eval_shape(SkipNet(num_scales=2, channels_down=(4, 4, 4)).init, jax.random.key(0), z)
 
 
 def test_batch_stat_norm():
@@ -120,6 +126,15 @@ def test_concat_center_crop():
     np.testing.assert_array_equal(np.asarray(c[0, :, :, 0]), np.asarray(a[0, 0:4, 1:4, 0]))
 
 
+def test_strided_conv_phase_matches_lax():
+    for h, w in [(10, 10), (11, 8)]:
+        x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
+        k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+        ref = jax.lax.conv_general_dilated(x, k, (2, 2), "VALID",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(np.asarray(strided_conv_phase(x, k, 2)), np.asarray(ref), atol=1e-5)
+
+
 def test_nonlocal_reassociation_is_the_same_product():
     x = jax.random.normal(jax.random.key(0), (2, 7, 6, 8))
     blk = NonLocalBlock(inter_channels=4)
@@ -135,16 +150,16 @@ def test_one_adam_step_reduces_mse():
     net = SkipNet(**TINY)
     z = dip_input(jax.random.key(1), (1, 16, 16, 3))
     target = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
-    params = net.init(jax.random.key(0), z)
+    params = init_params(net, jax.random.key(0), z)
     tx = optax.adam(5e-3)
 
-    @jax.jit
     def step(p, o):
         loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.square(net.apply(p, z) - target)))(p)
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, loss
 
     p, o = params, tx.init(params)
+    step = compile0(step, p, o)
     p, o, l0 = step(p, o)
     p, o, l1 = step(p, o)
     assert float(l1) < float(l0)

@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -104,8 +105,11 @@ def make_setup(config, channels: int = 3, fixed_kernel: bool = False) -> Setup:
     from kfsr.degrade.spec import Degradation
     from kfsr.nets.dip import SkipNet
 
-    if config.get("method", "dkp") not in ("dkp", "dkp_motion"):
+    if config.get("method", "dkp") != "dkp":
         raise KfsrInputError(f"config.method={config.method!r}: this is the DIP-DKP method ('dkp')")
+    for section in ("rks", "pke", "dip", "schedule", "loss", "loop"):
+        if section not in config:
+            raise KfsrInputError(f"config.{section}: missing (use configs/dkp.py as the template)")
     s = int(config.scale)
     padding = config.get("padding", "circular")
     offset = int(config.get("offset", 0))
@@ -117,6 +121,8 @@ def make_setup(config, channels: int = 3, fixed_kernel: bool = False) -> Setup:
             raise KfsrInputError(f"config.{name}: must be >= 1, got {v}")
     if int(sch.outer_iters) < 0 or int(p.warmup_steps) < 0:
         raise KfsrInputError("config.schedule.outer_iters and config.pke.warmup_steps must be >= 0")
+    if int(d.input_channels) < 1 or int(p.code_dim) < 1 or int(p.hidden) < 1:
+        raise KfsrInputError("config.dip.input_channels, config.pke.code_dim and config.pke.hidden must be >= 1")
     net = SkipNet(out_channels=channels, num_scales=int(d.num_scales),
                   channels_down=d.channels_down, channels_up=d.channels_up,
                   channels_skip=d.channels_skip, nonlocal_from=d.nonlocal_from)
@@ -131,6 +137,16 @@ def make_setup(config, channels: int = 3, fixed_kernel: bool = False) -> Setup:
         grad_eps=float(lo.grad_eps), padding=padding, offset=offset,
         disturbance=float(config.get("disturbance", 0.0)),
         track_best=bool(config.get("track_best", False)), fixed_kernel=fixed_kernel)
+
+
+def validate(config) -> None:
+    """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
+    try:
+        make_setup(config)
+    except KfsrInputError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise KfsrInputError(f"config (dkp): {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +229,9 @@ def _init_state(setup: Setup, in_ch: int, lr, key, kernel=None) -> State:
                 raise KfsrInputError(f"dkp: fixed kernel of shape {k0.shape} does not fit "
                                      f"kernel_size {setup.kernel_size}")
             k0 = kern.pad_to(k0, setup.kernel_size)
-    hr0 = setup.net.apply(dip_params, z)
+    # placeholder for the HR estimate, overwritten by every step (a DIP forward here would add its
+    # own compilation to init; `run` with 0 outer iterations returns the untrained DIP output)
+    hr0 = jnp.zeros((h * s, w * s, setup.channels), jnp.float32)
     state = {
         "dip": dip_params, "dip_opt": dip_opt, "kp": kp, "kp_opt": kp_opt,
         "z": z, "zk": zk, "lr": lr, "chain": setup.rks.init(k_rks), "key": k_run,
@@ -233,7 +251,7 @@ _init_jit = jax.jit(_init_state, static_argnums=(0, 1))
 def _step(setup: Setup, state: State) -> tuple[State, dict]:
     """One outer iteration (RKS prior step + i_loop_x DIP steps + scheduled kernel steps)."""
     st = dict(state)
-    key, k_rks, k_prior, k_dist, k_lang = jax.random.split(st["key"], 5)
+    key, k_rks, k_dist, k_lang = jax.random.split(st["key"], 4)
     it = st["it"]
     use_ssim = it <= setup.ssim_iters
     y = st["lr"]
@@ -331,8 +349,19 @@ def make_step(config, lr=None, *, fixed_kernel: bool = False) -> Callable[[State
 # --------------------------------------------------------------------------------------------
 # drivers
 # --------------------------------------------------------------------------------------------
-def _result_of(state, track_best: bool):
-    if track_best:
+@functools.partial(jax.jit, static_argnums=0)
+def _dip_output(setup: Setup, state: State) -> jax.Array:
+    return setup.net.apply(state["dip"], state["z"])
+
+
+def _result_of(setup: Setup, state, num_steps: int, batched: bool = False):
+    """(hr, kernel) as the code returns them: the last inner step's DIP output and kernel
+    (or the best-LR-consistency iterate with config.track_best)."""
+    if num_steps == 0:  # nothing ran: the untrained DIP output and the warmed-up kernel
+        f = functools.partial(_dip_output, setup)
+        hr = (jax.vmap(f) if batched else f)(state)
+        return hr, state["kernel"]
+    if setup.track_best:
         return state["best_hr"], state["best_kernel"]
     return state["hr"], state["kernel"]
 
@@ -357,10 +386,11 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None
     lr = jnp.asarray(check_lr(lr, int(config.scale), kernel_size_of(config) // int(config.scale),
                               name="dkp input"))
     key = jax.random.key(int(config.seed)) if key is None else key
-    state = init(config, lr, key, kernel=kernel)
-    step = make_step(config, lr, fixed_kernel=kernel is not None)
-    state, history = _loop(config, step, state, checkpoint_dir, progress, "dkp")
-    hr, k = _result_of(state, bool(config.get("track_best", False)))
+    setup = make_setup(config, channels=lr.shape[-1], fixed_kernel=kernel is not None)
+    state = _init_jit(setup, int(config.dip.input_channels), lr, key, kernel)
+    state, history = _loop(config, functools.partial(_step, setup), state, checkpoint_dir,
+                           progress, "dkp")
+    hr, k = _result_of(setup, state, int(config.schedule.outer_iters))
     return Result(hr=hr, kernel=k, history=history)
 
 
@@ -384,7 +414,7 @@ def run_batch(config, lrs, key=None, *, checkpoint_dir=None, progress=True) -> R
         return s, jax.tree.map(jnp.mean, m)  # loop metrics must be scalars: batch means
 
     state, history = _loop(config, bstep, state, checkpoint_dir, progress, "dkp[batch]")
-    hr, k = _result_of(state, bool(config.get("track_best", False)))
+    hr, k = _result_of(setup, state, int(config.schedule.outer_iters), batched=True)
     return Result(hr=hr, kernel=k, history=history)
 
 
@@ -395,7 +425,7 @@ def run_fixed_kernel(config, lr, kernel, key=None, *, checkpoint_dir=None, progr
     configs/dkp.py (e.g. configs/nonblind.py), whose `scale`, `seed`, `padding`, `offset` and
     `kernel_size` (if set) override the preset's.
     """
-    if config.get("method", None) not in ("dkp", "dkp_motion"):
+    if config.get("method", None) != "dkp":
         from configs import dkp as dkp_configs  # the repo's configs package
 
         base = dkp_configs.get_config(config.get("dip_preset", "cpu"))
@@ -409,6 +439,6 @@ def run_fixed_kernel(config, lr, kernel, key=None, *, checkpoint_dir=None, progr
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
         raise KfsrInputError(f"dkp: a fixed kernel must be (K, K), got {kernel.shape}")
     if not config.get("kernel_size", None):
-        config = config.copy_and_resolve_references()
+        config = ml_collections.ConfigDict(config.to_dict())  # unlocked, unfrozen copy
         config.kernel_size = int(kernel.shape[0])
     return run(config, lr, key, checkpoint_dir=checkpoint_dir, progress=progress, kernel=kernel)

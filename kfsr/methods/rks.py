@@ -118,10 +118,10 @@ class RKS:
     temperature: float = 0.05
     temperature_mode: str = "relative"   # 'relative' | 'absolute'
     proposal: str = "auto"               # 'auto' | 'random_walk' | 'independence'
-    step_log_lambda: float = 0.15        # random-walk std of log eigenvalues
-    step_theta: float = 0.15             # random-walk std of the Gaussian angle (rad)
+    step_log_lambda: float = 0.1         # random-walk std of log eigenvalues
+    step_theta: float = 0.1              # random-walk std of the Gaussian angle (rad)
     step_length: float = 1.0             # random-walk std of the line length (px)
-    step_angle: float = 0.15             # random-walk std of the line angle (rad)
+    step_angle: float = 0.1              # random-walk std of the line angle (rad)
     lambda_range: tuple | None = None    # None: kernels.dkp_prior_range(scale)
     line_length_range: tuple | None = None   # None: kernels.line_motion default (0.25K, 0.75K)
     traj_steps: int = 500                # trajectory samples per motion kernel
@@ -156,8 +156,8 @@ class RKS:
             num_samples=int(g("L", 5)), mode=g("mode", "code"),
             temperature=float(g("temperature", 0.05)),
             temperature_mode=g("temperature_mode", "relative"), proposal=g("proposal", "auto"),
-            step_log_lambda=float(g("step_log_lambda", 0.15)), step_theta=float(g("step_theta", 0.15)),
-            step_length=float(g("step_length", 1.0)), step_angle=float(g("step_angle", 0.15)),
+            step_log_lambda=float(g("step_log_lambda", 0.1)), step_theta=float(g("step_theta", 0.1)),
+            step_length=float(g("step_length", 1.0)), step_angle=float(g("step_angle", 0.1)),
             lambda_range=tup(g("lambda_range", None)),
             line_length_range=tup(g("line_length_range", None)),
             traj_steps=int(g("traj_steps", 500)), fix_x8_center=bool(g("fix_x8_center", False)),
