@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from kfsr.errors import KfsrInputError
-from kfsr.nets.dip import (NonLocalBlock, SkipNet, concat_center_crop, dip_input, init_params,
-                           num_params, strided_conv_phase, upsample2)
+from kfsr.nets.dip import (NonLocalBlock, SkipNet, concat_center_crop, conv_bias, dense_nd,
+                           dip_input, init_params, num_params, strided_conv_phase, upsample2)
 from kfsr.nets.norm import BatchStatNorm
 
 # small enough to compile in seconds; still has skip, strided conv, non-local block, bilinear up
@@ -72,9 +72,10 @@ def test_bad_config_raises():
         jax.eval_shape(SkipNet(num_scales=2, channels_down=(4, 4, 4)).init, jax.random.key(0), z)
 
 
-def test_batch_stat_norm():
+@pytest.mark.parametrize("stats", ["fused", "reduce"])
+def test_batch_stat_norm(stats):
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3)) * jnp.array([1.0, 3.0, 0.5]) + 2.0
-    bn = BatchStatNorm()
+    bn = BatchStatNorm(stats=stats)
     params = bn.init(jax.random.key(1), x)
     y = bn.apply(params, x)  # no mutable collections needed
     xn = np.asarray(x, np.float64)
@@ -102,6 +103,34 @@ def _torch_bilinear_x2_matrix(n):
         m[j, i0] += 1 - lam
         m[j, i1] += lam
     return m
+
+
+def test_custom_vjps_match_autodiff():
+    ks = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(ks[0], (2, 9, 8, 5))
+    b = jax.random.normal(ks[2], (4,))
+    dn = ("NHWC", "HWIO", "NHWC")
+    for stride, k in ((1, 3), (2, 3), (1, 1)):
+        w = jax.random.normal(ks[1], (k, k, 5, 4))
+        if k == 1:
+            ours = lambda x, w, b: dense_nd(x, w[0, 0], b)
+        else:
+            ours = lambda x, w, b, s=stride: conv_bias(x, w, b, s)
+        ref = lambda x, w, b, s=stride: jax.lax.conv_general_dilated(x, w, (s, s), "VALID",
+                                                                     dimension_numbers=dn) + b
+        g = jax.random.normal(ks[3], ref(x, w, b).shape)
+        go = jax.grad(lambda *a: jnp.sum(ours(*a) * g), argnums=(0, 1, 2))(x, w, b)
+        gr = jax.grad(lambda *a: jnp.sum(ref(*a) * g), argnums=(0, 1, 2))(x, w, b)
+        for a, r in zip(go, gr):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)
+    # BatchNorm: hand-written backward ("fused") == autodiff of the plain formula ("reduce")
+    x = x * 3 + 1
+    g = jax.random.normal(ks[4], x.shape)
+    p = {"params": {"scale": jnp.arange(1.0, 6.0), "bias": jnp.arange(5.0)}}
+    grads = [jax.grad(lambda p, x: jnp.sum(BatchStatNorm(stats=st).apply(p, x) * g), argnums=(0, 1))(p, x)
+             for st in ("fused", "reduce")]
+    for a, r in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)
 
 
 def test_bilinear_upsample_matches_torch_formula():
