@@ -21,6 +21,12 @@ def compile0(f, *args):
     return jax.jit(f).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    net = SkipNet(**TINY)
+    return net, init_params(net, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
 def test_official_parameter_count():
     # the official DIP-DKP config (3-channel input, 5 scales, 128/128/16): 2,359,939 parameters
     shapes = jax.eval_shape(lambda: SkipNet().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
@@ -35,8 +41,8 @@ def test_official_parameter_count():
     assert p["head"]["kernel"].shape == (1, 1, 128, 3)
 
 
-def test_torch_default_init():
-    params = init_params(SkipNet(**TINY), jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+def test_torch_default_init(tiny):
+    params = tiny[1]["params"]
     w, b = params["s0_up_conv"]["kernel"], params["s0_up_conv"]["bias"]
     bound = 1 / math.sqrt(3 * 3 * w.shape[2])
     assert float(jnp.max(jnp.abs(w))) <= bound and float(jnp.max(jnp.abs(w))) > 0.8 * bound
@@ -47,18 +53,17 @@ def test_torch_default_init():
     assert np.all(np.asarray(nl["W_bn"]["scale"]) == 0) and np.all(np.asarray(nl["W_bn"]["bias"]) == 0)
 
 
-def test_output_shape_range_and_odd_sizes():
-    net = SkipNet(**TINY)
+def test_output_shape_range_and_odd_sizes(tiny):
+    net, params = tiny
     z = dip_input(jax.random.key(1), (2, 32, 32, 3))
     assert z.shape == (2, 32, 32, 3) and float(z.min()) >= 0 and float(z.max()) < 0.1
-    params = init_params(net, jax.random.key(0), z)
-    y = compile0(net.apply, params, z)(params, z)
-    assert y.shape == (2, 32, 32, 3) and y.dtype == jnp.float32
-    assert float(y.min()) > 0 and float(y.max()) < 1
     # unbatched input and odd sizes (centre-cropped concatenation) keep the input's spatial size
     z1 = dip_input(jax.random.key(2), (33, 35))
     assert z1.shape == (33, 35, 3)
-    y1 = compile0(net.apply, params, z1)(params, z1)
+    both = lambda p, z, z1: (net.apply(p, z), net.apply(p, z1))
+    y, y1 = compile0(both, params, z, z1)(params, z, z1)
+    assert y.shape == (2, 32, 32, 3) and y.dtype == jnp.float32
+    assert float(y.min()) > 0 and float(y.max()) < 1
     assert y1.shape == (33, 35, 3) and bool(jnp.all(jnp.isfinite(y1)))
 
 
@@ -76,18 +81,22 @@ def test_bad_config_raises():
 def test_batch_stat_norm(stats):
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3)) * jnp.array([1.0, 3.0, 0.5]) + 2.0
     bn = BatchStatNorm(stats=stats)
-    params = bn.init(jax.random.key(1), x)
-    y = bn.apply(params, x)  # no mutable collections needed
+    shapes = jax.eval_shape(bn.init, jax.random.key(1), x)["params"]
+    assert shapes["scale"].shape == shapes["bias"].shape == (3,)
+    p0 = {"params": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
+    p1 = {"params": {"scale": jnp.array([2.0, 1.0, 0.0]), "bias": jnp.array([0.0, 1.0, 5.0])}}
+
+    def run(p0, p1, x):  # plain apply: no mutable collections needed
+        return (bn.apply(p0, x), bn.apply(p1, x), jax.vmap(lambda xi: bn.apply(p1, xi))(x))
+
+    y, y1, yv = (np.asarray(a) for a in compile0(run, p0, p1, x)(p0, p1, x))
     xn = np.asarray(x, np.float64)
     mean, var = xn.mean((0, 1, 2)), xn.var((0, 1, 2))  # biased variance over the batch, like torch
-    np.testing.assert_allclose(np.asarray(y), (xn - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-5), atol=1e-5)
     # learnable affine
-    params = {"params": {"scale": jnp.array([2.0, 1.0, 0.0]), "bias": jnp.array([0.0, 1.0, 5.0])}}
-    y = np.asarray(bn.apply(params, x))
-    np.testing.assert_allclose(y.std((0, 1, 2)), [2.0, 1.0, 0.0], atol=1e-3)
-    np.testing.assert_allclose(y.mean((0, 1, 2)), [0.0, 1.0, 5.0], atol=1e-5)
+    np.testing.assert_allclose(y1.std((0, 1, 2)), [2.0, 1.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(y1.mean((0, 1, 2)), [0.0, 1.0, 5.0], atol=1e-5)
     # under vmap each image is normalised by its own statistics
-    yv = np.asarray(jax.vmap(lambda xi: bn.apply(params, xi))(x))
     np.testing.assert_allclose(yv.mean((1, 2)), [[0.0, 1.0, 5.0]] * 2, atol=1e-5)
     np.testing.assert_allclose(yv.std((1, 2)), [[2.0, 1.0, 0.0]] * 2, atol=1e-3)
 
@@ -109,40 +118,44 @@ def test_custom_vjps_match_autodiff():
     ks = jax.random.split(jax.random.key(0), 6)
     x = jax.random.normal(ks[0], (2, 9, 8, 5))
     b = jax.random.normal(ks[2], (4,))
+    ws = [jax.random.normal(ks[1], (k, k, 5, 4)) for k in (3, 3, 1)]
+    xb = x * 3 + 1
+    gb = jax.random.normal(ks[4], x.shape)
+    pb = {"params": {"scale": jnp.arange(1.0, 6.0), "bias": jnp.arange(5.0)}}
     dn = ("NHWC", "HWIO", "NHWC")
-    for stride, k in ((1, 3), (2, 3), (1, 1)):
-        w = jax.random.normal(ks[1], (k, k, 5, 4))
-        if k == 1:
-            ours = lambda x, w, b: dense_nd(x, w[0, 0], b)
-        else:
-            ours = lambda x, w, b, s=stride: conv_bias(x, w, b, s)
-        ref = lambda x, w, b, s=stride: jax.lax.conv_general_dilated(x, w, (s, s), "VALID",
-                                                                     dimension_numbers=dn) + b
-        g = jax.random.normal(ks[3], ref(x, w, b).shape)
-        go = jax.grad(lambda *a: jnp.sum(ours(*a) * g), argnums=(0, 1, 2))(x, w, b)
-        gr = jax.grad(lambda *a: jnp.sum(ref(*a) * g), argnums=(0, 1, 2))(x, w, b)
-        for a, r in zip(go, gr):
+
+    def grads(x, ws, b, xb, gb, pb):  # every (ours, reference) pair in one compiled program
+        out = []
+        for w, stride in zip(ws, (1, 2, 1)):
+            k = w.shape[0]
+            ref = lambda x, w, b: jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
+                                                               dimension_numbers=dn) + b
+            ours = ((lambda x, w, b: dense_nd(x, w[0, 0], b)) if k == 1
+                    else (lambda x, w, b: conv_bias(x, w, b, stride)))
+            g = jnp.cos(ref(x, w, b))  # an arbitrary cotangent
+            out.append([jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(x, w, b)
+                        for f in (ours, ref)])
+        # BatchNorm: hand-written backward ("fused") vs autodiff of the plain formula ("reduce")
+        out.append([jax.grad(lambda p, x: jnp.sum(BatchStatNorm(stats=st).apply(p, x) * gb),
+                             argnums=(0, 1))(pb, xb) for st in ("fused", "reduce")])
+        return out
+
+    for ours, ref in compile0(grads, x, ws, b, xb, gb, pb)(x, ws, b, xb, gb, pb):
+        for a, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)
-    # BatchNorm: hand-written backward ("fused") == autodiff of the plain formula ("reduce")
-    x = x * 3 + 1
-    g = jax.random.normal(ks[4], x.shape)
-    p = {"params": {"scale": jnp.arange(1.0, 6.0), "bias": jnp.arange(5.0)}}
-    grads = [jax.grad(lambda p, x: jnp.sum(BatchStatNorm(stats=st).apply(p, x) * g), argnums=(0, 1))(p, x)
-             for st in ("fused", "reduce")]
-    for a, r in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-4)
 
 
 def test_bilinear_upsample_matches_torch_formula():
     x = np.asarray(jax.random.uniform(jax.random.key(0), (2, 5, 7, 3)), np.float64)
     ref = np.einsum("ph,qw,bhwc->bpqc", _torch_bilinear_x2_matrix(5), _torch_bilinear_x2_matrix(7), x)
-    y = np.asarray(upsample2(jnp.asarray(x, jnp.float32), "bilinear"))
+    xj = jnp.asarray(x, jnp.float32)
+    run = lambda x: (upsample2(x, "bilinear"),
+                     jax.image.resize(x, (2, 10, 14, 3), "bilinear", antialias=False),
+                     upsample2(x, "nearest"))
+    y, r, yn = (np.asarray(a) for a in compile0(run, xj)(xj))
     np.testing.assert_allclose(y, ref, atol=1e-6)
     # and jax.image.resize 'bilinear' without antialias (upsampling) is the same operator
-    r = np.asarray(jax.image.resize(jnp.asarray(x, jnp.float32), (2, 10, 14, 3), "bilinear",
-                                    antialias=False))
     np.testing.assert_allclose(r, ref, atol=1e-6)
-    yn = np.asarray(upsample2(jnp.asarray(x, jnp.float32), "nearest"))
     np.testing.assert_array_equal(yn[:, ::2, 1::2], x[:, :, :].astype(np.float32))
 
 
@@ -156,30 +169,34 @@ def test_concat_center_crop():
 
 
 def test_strided_conv_phase_matches_lax():
-    for h, w in [(10, 10), (11, 8)]:
-        x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
-        k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
-        ref = jax.lax.conv_general_dilated(x, k, (2, 2), "VALID",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        np.testing.assert_allclose(np.asarray(strided_conv_phase(x, k, 2)), np.asarray(ref), atol=1e-5)
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    xs = [jax.random.normal(jax.random.key(0), (2, h, w, 3)) for h, w in [(10, 10), (11, 8)]]
+
+    def both(xs, k):
+        ref = [jax.lax.conv_general_dilated(x, k, (2, 2), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) for x in xs]
+        return [strided_conv_phase(x, k, 2) for x in xs], ref
+
+    ours, ref = compile0(both, xs, k)(xs, k)
+    for a, r in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5)
 
 
 def test_nonlocal_reassociation_is_the_same_product():
     x = jax.random.normal(jax.random.key(0), (2, 7, 6, 8))
     blk = NonLocalBlock(inter_channels=4)
-    params = blk.init(jax.random.key(1), x)
+    params = init_params(blk, jax.random.key(1), x)
     params = jax.tree_util.tree_map(lambda a: a + 0.3, params)  # make W's BN non-zero
-    y1 = blk.apply(params, x)
-    y2 = NonLocalBlock(inter_channels=4, reassociate=False).apply(params, x)
+    both = lambda p, x: (blk.apply(p, x), NonLocalBlock(inter_channels=4, reassociate=False).apply(p, x))
+    y1, y2 = compile0(both, params, x)(params, x)
     np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), atol=1e-5)
     assert float(jnp.max(jnp.abs(y1 - x))) > 1e-2
 
 
-def test_one_adam_step_reduces_mse():
-    net = SkipNet(**TINY)
-    z = dip_input(jax.random.key(1), (1, 16, 16, 3))
-    target = jax.random.uniform(jax.random.key(2), (1, 16, 16, 3))
-    params = init_params(net, jax.random.key(0), z)
+def test_one_adam_step_reduces_mse(tiny):
+    net, params = tiny
+    z = dip_input(jax.random.key(1), (1, 32, 32, 3))
+    target = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
     tx = optax.adam(5e-3)
 
     def step(p, o):
