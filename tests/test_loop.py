@@ -175,3 +175,22 @@ def test_incompatible_checkpoint_dir(tmp_path):
     with pytest.raises(ValueError, match=r"state leaf \['x'\] is float32\(2,\)"):
         run(step, {"x": jnp.zeros((3,))}, 4, chunk=2, loop="python", progress=False,
             checkpoint_dir=ck)
+
+
+def test_zero_size_leaves_checkpoint_and_resume(tmp_path):
+    """Orbax refuses zero-size arrays; the store keeps them (e.g. DKP's unused fixed kernel)."""
+    def step(s):
+        return {"x": s["x"] + 1.0, "empty": s["empty"]}, {"x": s["x"].sum()}
+
+    state = {"x": jnp.zeros((3,)), "empty": jnp.zeros((0, 0))}
+    ckpt = str(tmp_path / "ck")
+
+    def stop(step_, s, h):
+        if step_ >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(step, state, 6, chunk=2, checkpoint_dir=ckpt, progress=False, on_chunk=stop)
+    out, hist = run(step, state, 6, chunk=2, checkpoint_dir=ckpt, progress=False)
+    np.testing.assert_array_equal(out["x"], np.full((3,), 6.0))
+    assert out["empty"].shape == (0, 0) and len(hist) == 6

@@ -18,6 +18,7 @@ mid-save leaves the previous checkpoints intact.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -37,19 +38,34 @@ def is_key(x) -> bool:
 
 
 def _to_host(x):
-    """Host (numpy) copy of a leaf; typed keys become their uint32 key data."""
+    """Host (numpy) copy of a leaf; typed keys become their uint32 key data. Orbax refuses
+    zero-size arrays, so those are stored as a one-element placeholder (their shape is known
+    from the restore template and checked by the run fingerprint)."""
     if is_key(x):
         x = jax.random.key_data(x)
-    return np.asarray(jax.device_get(x))
+    x = np.asarray(jax.device_get(x))
+    return np.zeros((1,), x.dtype) if x.size == 0 else x
 
 
 def _abstract(x):
     """ShapeDtypeStruct restore target for a template leaf (array, key, or ShapeDtypeStruct)."""
     if is_key(x):
         x = jax.random.key_data(x)
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    return ocp.utils.to_shape_dtype_struct(jnp.asarray(x) if not isinstance(x, jax.Array) else x)
+    if not isinstance(x, jax.ShapeDtypeStruct):
+        x = ocp.utils.to_shape_dtype_struct(jnp.asarray(x) if not isinstance(x, jax.Array) else x)
+    if math.prod(x.shape) == 0:  # stored as a placeholder by _to_host
+        return jax.ShapeDtypeStruct((1,), x.dtype)
+    return x
+
+
+def _restored(template, x):
+    """The restored leaf in the template's form: typed keys re-wrapped, empty arrays re-made."""
+    if is_key(template):
+        return jax.random.wrap_key_data(x, impl=jax.random.key_impl(template))
+    shape = tuple(np.shape(template))
+    if math.prod(shape) == 0:
+        return np.zeros(shape, np.asarray(x).dtype)
+    return x
 
 
 def state_fingerprint(state) -> dict:
@@ -126,11 +142,7 @@ class CheckpointStore:
                 state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()
             ),
         )
-        state = jax.tree.map(
-            lambda t, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if is_key(t) else x,
-            abstract_state,
-            out["state"],
-        )
+        state = jax.tree.map(_restored, abstract_state, out["state"])
         return state, list(out["history"])
 
     def wait_until_finished(self) -> None:
