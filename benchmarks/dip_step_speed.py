@@ -6,7 +6,7 @@ of them alike, and prints medians and ratios:
 
     python benchmarks/dip_step_speed.py --size 256 --channels 128 --steps 10
     python benchmarks/dip_step_speed.py --xla-flags ""            # no kfsr flags (jax defaults)
-    python benchmarks/dip_step_speed.py --xla-flags "--xla_cpu_use_onednn=true" --no-torch
+    python benchmarks/dip_step_speed.py --xla-flags="--xla_cpu_use_onednn=true" --no-torch
     python benchmarks/dip_step_speed.py --net nonlocal_reassociate=False
     python benchmarks/dip_step_speed.py --sweep                    # one subprocess per flag set
     python benchmarks/dip_step_speed.py --min-quiet 10 --max-minutes 60   # wait for a quiet machine
@@ -195,9 +195,10 @@ def sweep(args):
     rows = []
     for name, flags in SWEEP.items():
         cmd = [sys.executable, os.path.abspath(__file__), "--size", str(args.size), "--channels",
-               str(args.channels), "--steps", str(args.steps), "--xla-flags", flags, "--quiet"]
+               str(args.channels), "--steps", str(args.steps), f"--xla-flags={flags}", "--quiet"]
         if args.no_torch:
             cmd.append("--no-torch")
+        cmd += ["--min-quiet", str(args.min_quiet), "--max-minutes", str(args.max_minutes)]
         for it in args.net or ():
             cmd += ["--net", it]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -20,16 +20,28 @@ YNN 56 ms, Eigen 72 ms. Tried without a measurable effect on the DIP step (withi
 `--xla_cpu_multi_thread_eigen=false` (no gain). `--xla_cpu_use_thunk_runtime` no longer exists
 in this jax. Float32 throughout (no bf16). Re-measure when jax changes.
 
-Flags already in the user's XLA_FLAGS always win; KFSR_XLA_DEFAULTS=0 adds nothing.
+Flags already in the user's XLA_FLAGS always win; KFSR_XLA_DEFAULTS=0 adds nothing. XLA aborts
+on flags it does not know, so they are only added for the jaxlib versions they were measured on.
 """
 import os
+from importlib import metadata
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+JAXLIB_TESTED = ("0.10.",)  # version prefixes the flags exist in (and were measured on)
+
+
+def _jaxlib_version() -> str:
+    try:
+        return metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def configure() -> None:
     """Append kfsr's XLA CPU flags to XLA_FLAGS unless the user already set the same flag."""
     if os.environ.get("KFSR_XLA_DEFAULTS", "1") == "0":
+        return
+    if not _jaxlib_version().startswith(JAXLIB_TESTED):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     present = {f.split("=")[0] for f in flags.split()}

@@ -1,5 +1,6 @@
 """Tests for kfsr.nets.dip (DIP-DKP skip U-Net) and kfsr.nets.norm.BatchStatNorm."""
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +210,19 @@ def test_one_adam_step_reduces_mse(tiny):
     p, o, l0 = step(p, o)
     p, o, l1 = step(p, o)
     assert float(l1) < float(l0)
+
+
+def test_backend_flags_user_wins(monkeypatch):
+    from kfsr import backend
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_foo=1")
+    backend.configure()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type= --xla_foo=1"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+    backend.configure()
+    if backend._jaxlib_version().startswith(backend.JAXLIB_TESTED):
+        assert os.environ["XLA_FLAGS"] == "--xla_foo=1 " + " ".join(backend.CPU_FLAGS)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("KFSR_XLA_DEFAULTS", "0")
+    backend.configure()
+    assert os.environ["XLA_FLAGS"] == ""
