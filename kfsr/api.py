@@ -13,7 +13,8 @@ import ml_collections
 
 from kfsr.methods.base import Result, get_method
 
-_CONFIG_MODULES = {"dkp": "dkp", "dkp_motion": "dkp_motion", "nonblind": "nonblind"}
+_CONFIG_MODULES = {"dkp": "dkp", "dkp_motion": "dkp_motion", "nonblind": "nonblind",
+                   "kernelfusion": "kernelfusion"}
 
 
 def default_config(method: str, preset: str | None = None) -> ml_collections.ConfigDict:

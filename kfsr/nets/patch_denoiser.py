@@ -46,6 +46,21 @@ def sinusoidal_embedding(t, dim: int, max_period: float = 10_000.0) -> jax.Array
     return emb
 
 
+class Conv3(nn.Module):
+    """3x3 convolution with zero 'same' padding, written as explicit pad + VALID conv.
+
+    Same numbers as `nn.Conv(padding="SAME")`, but XLA:CPU computes the weight gradient of a
+    VALID conv 2-4x faster (measured at 256x256, 16 -> 16 channels: 0.04 s vs 0.18 s).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        return nn.Conv(self.features, (3, 3), padding="VALID", name="conv")(x)
+
+
 class PatchDenoiser(nn.Module):
     """v-prediction denoiser with a (1 + 2 * (2 + n_blocks))^2 receptive field (15x15 default).
 
@@ -76,7 +91,7 @@ class PatchDenoiser(nn.Module):
         def temb(i):  # (B, 1, 1, w): the block's projection of the time embedding
             return nn.Dense(w, name=f"time_proj{i}")(e)[:, None, None, :]
 
-        conv3 = lambda name: nn.Conv(w, (3, 3), padding="SAME", name=name)  # noqa: E731
+        conv3 = lambda name: Conv3(w, name=name)  # noqa: E731
         h = nn.gelu(conv3("in_conv1")(x) + temb(0))
         h = nn.gelu(conv3("in_conv2")(h))
         for b in range(1, self.n_blocks + 1):

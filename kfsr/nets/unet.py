@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kfsr.nets.patch_denoiser import Conv3
+
 OUTPUTS = ("residual", "tanh")
 NORMS = ("none", "group")
 
@@ -52,7 +54,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i in range(2):
-            x = nn.Conv(self.features, (3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = Conv3(self.features, name=f"conv{i}")(x)
             if self.norm == "group":
                 x = nn.GroupNorm(num_groups=min(8, self.features), name=f"norm{i}")(x)
             x = nn.leaky_relu(x, 0.2)
