@@ -3,6 +3,11 @@
 Zero-shot methods optimise each image independently, so a vmapped state with a leading batch
 axis B is embarrassingly parallel: put it on a 1-D `Mesh` over the devices with
 `NamedSharding(mesh, P("batch"))` and XLA's SPMD partitioner runs each device's images locally.
+The step runs under `jax.shard_map` (each device applies the vmapped step to its own slice of
+the batch) rather than through the automatic SPMD partitioner: it is the same per-device
+program as the single-device run, and XLA:CPU's FFT rejects the layouts the partitioner picks
+for batched FFTs (jaxlib 0.10.2: RET_CHECK `IsMonotonicWithDim0Major` in fft_thunk.cc).
+
 The same code runs on CPU with `XLA_FLAGS=--xla_force_host_platform_device_count=N` (how the tests
 check it), on one GPU/TPU host, and on several hosts after `jax.distributed.initialize()` (call it
 first on every host; `jax.devices()` then lists the devices of all hosts and the mesh spans them;
@@ -43,3 +48,11 @@ def shard_batch(tree, batch: int, mesh: Mesh | None = None):
         return jax.device_put(x, whole)
 
     return jax.tree.map(put, tree)
+
+
+def shard_vmapped(fn, mesh: Mesh):
+    """`fn` vmapped over a leading batch axis of every input and output leaf, with that axis
+    split over `mesh` ("batch"): each device runs `vmap(fn)` on its local images. Call it on
+    arrays placed by `shard_batch` (or let jit move them)."""
+    spec = P("batch")
+    return jax.shard_map(jax.vmap(fn), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 
 _REGISTRY: dict[str, Callable[..., "Result"]] = {}
+_BATCH_REGISTRY: dict[str, Callable[..., "Result"]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,23 @@ def register(name: str):
         return fn
 
     return deco
+
+
+def register_batch(name: str):
+    """Register `run_batch(config, lrs (B, h, w, C), key, *, checkpoint_dir, progress,
+    num_devices)` for a method that can optimise several same-size images at once."""
+    def deco(fn):
+        _BATCH_REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_batch_method(name: str) -> Callable[..., Result] | None:
+    """The batched `run` of a registered method, or None if it has none."""
+    import kfsr.methods  # noqa: F401
+
+    return _BATCH_REGISTRY.get(name)
 
 
 def get_method(name: str) -> Callable[..., Result]:

@@ -48,10 +48,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from kfsr import losses
+from kfsr import losses, parallel
 from kfsr.degrade import kernels as kern
 from kfsr.errors import KfsrInputError
-from kfsr.methods.base import Result, register
+from kfsr.methods.base import Result, register, register_batch
 from kfsr.methods.rks import RKS, prior_loss
 from kfsr.nets.kernel_mlp import KernelMLP, kernel_code
 
@@ -394,10 +394,15 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None
     return Result(hr=hr, kernel=k, history=history)
 
 
-def run_batch(config, lrs, key=None, *, checkpoint_dir=None, progress=True) -> Result:
+@register_batch("dkp")
+def run_batch(config, lrs, key=None, *, checkpoint_dir=None, progress=True,
+              num_devices: int | None = None) -> Result:
     """DIP-DKP on a batch of same-size LR images (B, h, w, C): `jax.vmap` of init and step (one
     compiled program). Image b uses key `jax.random.split(key, B)[b]`, so the result equals
     `run(config, lrs[b], keys[b])` up to float rounding (BatchNorm statistics are per image).
+
+    The batch axis is sharded over the visible devices (`kfsr.parallel`; at most `num_devices`,
+    the largest count that divides B): each device optimises its own images, no communication.
     """
     lrs = jnp.asarray(lrs, jnp.float32)
     if lrs.ndim != 4:
@@ -407,7 +412,13 @@ def run_batch(config, lrs, key=None, *, checkpoint_dir=None, progress=True) -> R
     setup = make_setup(config, channels=lrs.shape[-1])
     in_ch = int(config.dip.input_channels)
     state = jax.jit(jax.vmap(lambda l, k: _init_state(setup, in_ch, l, k)))(lrs, keys)
-    step = jax.vmap(functools.partial(_step, setup))
+    n_dev = parallel.usable_devices(lrs.shape[0], num_devices)
+    if n_dev > 1:
+        mesh = parallel.batch_mesh(n_dev)
+        state = parallel.shard_batch(state, lrs.shape[0], mesh)
+        step = parallel.shard_vmapped(functools.partial(_step, setup), mesh)
+    else:
+        step = jax.vmap(functools.partial(_step, setup))
 
     def bstep(s):
         s, m = step(s)
