@@ -34,6 +34,9 @@ _SCALE = flags.DEFINE_integer("scale", None, "Scale factor (overrides config.sca
 _SEED = flags.DEFINE_integer("seed", None, "Random seed (overrides config.seed).")
 _OUTPUT = flags.DEFINE_string("output", "outputs", "Output folder; one sub-folder per image.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
+_BATCH = flags.DEFINE_string("batch", "auto", "Folder input: optimise up to this many same-size "
+                             "images together (vmapped, sharded over devices); 'auto' = 1 on CPU "
+                             "(measured faster one by one), 8 on GPU/TPU.")
 _RESUME = flags.DEFINE_bool("resume", True, "Resume from checkpoints in the output folder.")
 
 DEFAULT_INPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kfsr", "assets",
@@ -65,7 +68,7 @@ def main(argv):
             return
         cli.run(config, input_path=_INPUT.value or DEFAULT_INPUT, output=_OUTPUT.value,
                 kernel_path=_KERNEL.value, gt=_GT.value, gt_kernel=_GT_KERNEL.value,
-                resume=_RESUME.value)
+                resume=_RESUME.value, batch=_BATCH.value)
     except (KfsrInputError, NonFiniteError) as e:
         logging.debug("full error", exc_info=True)
         _fail(str(e).strip().splitlines()[0])

@@ -12,7 +12,7 @@ import numpy as np
 from kfsr import io, metrics
 from kfsr.degrade.spec import Degradation
 from kfsr.errors import KfsrInputError
-from kfsr.methods.base import get_method
+from kfsr.methods.base import get_batch_method, get_method
 
 
 def resolve_config(config, *, scale=None, seed=None) -> ml_collections.FrozenConfigDict:
@@ -92,14 +92,75 @@ def evaluate(config, lr, hr, kernel, *, gt_hr=None, gt_kernel=None) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
-def run(config, *, input_path, output, kernel_path=None, gt=None, gt_kernel=None, resume=True):
-    """Run config.method on an image or a folder of images; write one output folder per image."""
+def batch_size_of(batch) -> int:
+    """`--batch`: an int, or "auto" = 1 on CPU and 8 on GPU/TPU. On this 2-core CPU a vmapped
+    pair of 224x224 DIP-DKP images took 4.27 s per image per outer iteration vs 3.21 s one by
+    one (cpu preset), so batching only pays where the device is not already saturated."""
+    if batch in (None, "auto"):
+        return 1 if jax.default_backend() == "cpu" else 8
+    try:
+        b = int(batch)
+    except ValueError:
+        raise KfsrInputError(f"--batch: expected a positive integer or 'auto', got {batch!r}") from None
+    if b < 1:
+        raise KfsrInputError(f"--batch: expected a positive integer or 'auto', got {batch!r}")
+    return b
+
+
+def _run_batches(config, pending: list[tuple[str, str]], output: str, batch: int,
+                 resume: bool) -> dict:
+    """Blind runs of same-size images in vmapped batches (sharded over the devices).
+    pending: [(stem, path)]. Returns {stem: (hr, kernel, seconds per image)}."""
+    run_b = get_batch_method(config.method)
+    if batch < 2 or run_b is None or len(pending) < 2:
+        return {}
+    groups: dict[tuple, list] = {}
+    for stem, path in pending:
+        lr = io.load_image(path)
+        groups.setdefault(lr.shape, []).append((stem, lr))
+    done = {}
+    for shape, items in groups.items():
+        for i in range(0, len(items), batch):
+            part = items[i:i + batch]
+            if len(part) < 2:
+                continue
+            stems = [st for st, _ in part]
+            print(f"batch of {len(part)} {shape[1]}x{shape[0]} images: {', '.join(stems)}")
+            ckpt = os.path.join(output, ".batches", "+".join(stems)[:120], "checkpoints")
+            t0 = time.time()
+            res = run_b(config, np.stack([lr for _, lr in part]), jax.random.key(int(config.seed)),
+                        checkpoint_dir=ckpt if resume else None, progress=True)
+            hr, k = np.asarray(res.hr), np.asarray(res.kernel)
+            sec = (time.time() - t0) / len(part)
+            for b, st in enumerate(stems):
+                done[st] = (hr[b], k[b], sec)
+    return done
+
+
+def run(config, *, input_path, output, kernel_path=None, gt=None, gt_kernel=None, resume=True,
+        batch=1):
+    """Run config.method on an image or a folder of images; write one output folder per image.
+
+    batch: blind runs of a folder optimise up to this many same-size images together (one
+    vmapped program, sharded over the visible devices; image b of a batch uses key
+    `split(key(seed), B)[b]`, so its numbers differ from a one-by-one run).
+    """
     from kfsr.degrade import kernels as kernel_io
 
+    batch = batch_size_of(batch)
     paths = io.list_images(input_path) if os.path.isdir(input_path) else [input_path]
     method = get_method(config.method)
     ksize = kernel_size_of(config)
     summary = []
+    batched = {}
+    if kernel_path is None and len(paths) > 1:
+        stems = [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
+        pending = [(st, p) for st, p in stems if not (
+            resume and os.path.isfile(os.path.join(output, st, "metrics.json")))]
+        for st, p in pending:
+            io.check_lr(io.load_image(p), int(config.scale),
+                        kernel_size=max(3, ksize // int(config.scale)), name=p)
+        batched = _run_batches(config, pending, output, batch, resume)
     for i, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0]
         outdir = os.path.join(output, stem) if len(paths) > 1 else output
@@ -118,17 +179,22 @@ def run(config, *, input_path, output, kernel_path=None, gt=None, gt_kernel=None
         key = jax.random.key(int(config.seed))
         t0 = time.time()
         kwargs = {"kernel": kernel} if kernel is not None else {}
-        result = method(config, lr, key, checkpoint_dir=os.path.join(outdir, "checkpoints"),
-                        progress=True, **kwargs)
-        hr = np.asarray(result.hr)
-        k_est = np.asarray(result.kernel)
+        if stem in batched:
+            hr, k_est, seconds = batched[stem]
+            result = None
+        else:
+            result = method(config, lr, key, checkpoint_dir=os.path.join(outdir, "checkpoints"),
+                            progress=True, **kwargs)
+            hr = np.asarray(result.hr)
+            k_est = np.asarray(result.kernel)
+            seconds = time.time() - t0
         m = evaluate(config, lr, hr, k_est,
                      gt_hr=io.load_image(gpath) if gpath else None,
                      gt_kernel=kernel_io.load_kernel(gkpath) if gkpath else None)
-        m["seconds"] = time.time() - t0
+        m["seconds"] = seconds
         protect = [p for p in (path, kpath, gpath, gkpath) if p]
         io.save_result(outdir, hr, k_est, m, config, inputs=protect)
-        if result.history:
+        if result is not None and result.history:
             io.write_json(os.path.join(outdir, "history.json"), result.history)
         summary.append(dict(image=stem, **m))
         shown = ", ".join(f"{k}={v:.4g}" for k, v in m.items())
