@@ -143,19 +143,31 @@ def _case_main(spec: dict) -> None:
 
 def _table(rows: list[dict], methods: list[str]) -> str:
     cols = ["psnr_y", "ssim_y", "kernel_psnr", "kernel_error", "lr_psnr", "seconds", "peak_mib"]
-    head = "| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | s / image | peak MiB |"
-    lines = [head, "|---" * 9 + "|"]
+    head = ("| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | s / image "
+            "| peak MiB | % of oracle gain |")
+    lines = [head, "|---" * 10 + "|"]
+    oracle = next((o for o in ("oracle_dip", "oracle_fft") if any(r["method"] == o for r in rows)), None)
+
+    def mean_psnr(method, images):
+        v = [r["psnr_y"] for r in rows if r["method"] == method and r["image"] in images and "psnr_y" in r]
+        return np.mean(v) if len(v) == len(images) else None
+
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         if not rs:
             continue
+        # (method - bicubic) / (oracle - bicubic) over the images this method ran on
+        imgs = {r["image"] for r in rs}
+        bic, orc, own = mean_psnr("bicubic", imgs), mean_psnr(oracle, imgs) if oracle else None, mean_psnr(m, imgs)
+        gain = (f"{100 * (own - bic) / (orc - bic):.0f} % ({oracle})"
+                if None not in (bic, orc, own) and orc > bic and m not in ("bicubic", oracle) else "–")
         vals = []
         for c in cols:
             v = [r[c] for r in rs if c in r]
             fmt = "{:.4f}" if c in ("ssim_y", "kernel_error") else "{:.2f}" if c != "peak_mib" else "{:.0f}"
             vals.append(fmt.format(np.median(v) if c in ("seconds", "peak_mib") else np.mean(v))
                         if v else "–")
-        lines.append(f"| {m} | {len(rs)} | " + " | ".join(vals) + " |")
+        lines.append(f"| {m} | {len(rs)} | " + " | ".join(vals) + f" | {gain} |")
     return "\n".join(lines)
 
 

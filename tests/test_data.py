@@ -67,3 +67,14 @@ def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: calls.append(a))
     bench.main(args)
     assert calls == []  # everything was already done
+
+
+def test_bench_table_reports_share_of_oracle_gain():
+    rows = [dict(method=m, image=i, psnr_y=p + d, seconds=1.0)
+            for m, p in (("bicubic", 20.0), ("oracle_dip", 30.0), ("dkp", 28.0), ("dkp_paper", 29.0))
+            for i, d in (("a", 0.0), ("b", 1.0)) if not (m == "dkp_paper" and i == "b")]
+    table = bench._table(rows, ["bicubic", "oracle_dip", "dkp", "dkp_paper"])
+    line = {ln.split("|")[1].strip(): ln for ln in table.splitlines()[2:]}
+    assert line["dkp"].rstrip(" |").endswith("80 % (oracle_dip)")
+    assert line["dkp_paper"].rstrip(" |").endswith("90 % (oracle_dip)")  # over its own images
+    assert line["bicubic"].rstrip(" |").endswith("–")
