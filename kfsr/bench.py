@@ -232,6 +232,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")
+    p.add_argument("--subset", action="append", default=[],
+                   help="method:img1,img2 -- run that method on those images only (e.g. an expensive preset)")
     p.add_argument("--set", action="append", default=[], help="config override field=value")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--update-docs", action="store_true")
@@ -245,6 +247,12 @@ def main(argv=None):
         if m not in METHODS:
             raise SystemExit(f"error: unknown method {m!r}; known: {', '.join(METHODS)}")
     overrides = dict(s.split("=", 1) for s in a.set)
+    subsets = {}
+    for item in a.subset:
+        m, _, imgs = item.partition(":")
+        if m not in methods or not imgs:
+            raise SystemExit(f"error: --subset {item!r}: expected <one of --methods>:img1,img2")
+        subsets[m] = set(imgs.split(","))
     cmd = "python -m kfsr.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     for family in a.kernels.split(","):
         set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit)
@@ -255,6 +263,8 @@ def main(argv=None):
         rows = []
         for m in methods:
             for c in cases:
+                if m in subsets and c.name not in subsets[m]:
+                    continue
                 res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
                 if not os.path.isfile(res_path):
                     os.makedirs(os.path.dirname(res_path), exist_ok=True)
