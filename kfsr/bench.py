@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -70,6 +71,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     from kfsr.methods.base import get_method
 
     t0 = time.time()
+    curve: list = []  # [step, PSNR-Y] after each loop chunk (iterative methods)
     if method == "bicubic":
         hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
         kernel = None
@@ -77,11 +79,17 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         cfg = _config_for(method, scale, preset, overrides)
         cfg.seed = seed
         kw = {}
+        run = get_method(cfg.method)
+        if case.hr is not None and "monitor" in inspect.signature(run).parameters:
+            def monitor(step, hr_now, kernel_now):
+                curve.append([int(step), float(metrics.psnr_y(np.clip(hr_now, 0, 1), case.hr, scale=scale))])
+
+            kw["monitor"] = monitor
         if method.startswith("oracle"):
             if case.kernel is None:
                 raise ValueError(f"{case.name}: the oracle needs the ground-truth kernel")
             kw["kernel"] = case.kernel
-        res = get_method(cfg.method)(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
+        res = run(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
         hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
     out = {"seconds": time.time() - t0}
     if case.hr is not None:
@@ -92,7 +100,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         if case.kernel is not None and not method.startswith("oracle"):
             out["kernel_psnr"] = metrics.kernel_psnr(kernel, case.kernel)
             out["kernel_error"] = metrics.aligned_kernel_error(kernel, case.kernel)
-    return {k: float(v) for k, v in out.items()}, hr, kernel
+    return {k: float(v) for k, v in out.items()}, hr, kernel, curve
 
 
 def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit):
@@ -131,13 +139,15 @@ def _case_main(spec: dict) -> None:
     _, cases = load_cases(spec["dataset"], spec["scale"], spec["family"], spec["seed"],
                           spec["out"], None)
     case = next(c for c in cases if c.name == spec["image"])
-    m, hr, kernel = run_case(spec["method"], case, spec["scale"], spec["preset"], spec["seed"],
+    m, hr, kernel, curve = run_case(spec["method"], case, spec["scale"], spec["preset"], spec["seed"],
                              spec["overrides"])
     m["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     base = spec["result"][:-5]
     io.save_image(base + ".png", hr)
     if kernel is not None:
         np.save(base + "_kernel.npy", kernel)
+    if curve:
+        io.write_json(base + "_curve.json", curve)
     io.write_json(spec["result"], m)
 
 
@@ -195,6 +205,76 @@ def _kernel_figure(rows, cases, methods, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _curve_figure(rows, methods, path) -> bool:
+    """PSNR-Y vs step: one thin line per image, the mean in bold, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for r in rows:
+        cpath = r.get("curve_path")
+        if cpath and os.path.isfile(cpath):
+            curves.setdefault(r["method"], []).append(np.asarray(json.load(open(cpath)), float))
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, m in enumerate(x for x in methods if x in curves):
+        color = f"C{i}"
+        for c in curves[m]:
+            ax.plot(c[:, 0], c[:, 1], color=color, alpha=0.25, lw=0.8)
+        n = min(len(c) for c in curves[m])
+        mean = np.mean([c[:n, 1] for c in curves[m]], axis=0)
+        ax.plot(curves[m][0][:n, 0], mean, color=color, lw=2, label=f"{m} (mean of {len(curves[m])})")
+    for m, style in (("bicubic", ":"), ("oracle_fft", "--")):
+        v = [r["psnr_y"] for r in rows if r["method"] == m and "psnr_y" in r]
+        if v:
+            ax.axhline(np.mean(v), color="k", ls=style, lw=1, label=f"{m} (mean)")
+    ax.set_xlabel("step (outer iteration)")
+    ax.set_ylabel("PSNR-Y (dB)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _crop_figure(rows, cases, methods, path, size: int = 96) -> bool:
+    """Centre crops of the SR outputs side by side (ground truth first), PSNR-Y in the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kfsr import io
+
+    have = [c for c in cases if c.hr is not None]
+    ms = [m for m in methods if any(r["method"] == m and r.get("hr_path") for r in rows)]
+    if not have or not ms:
+        return False
+    fig, axes = plt.subplots(len(have), len(ms) + 1, figsize=(1.9 * (len(ms) + 1), 1.9 * len(have)),
+                             squeeze=False)
+    for i, c in enumerate(have):
+        h, w = c.hr.shape[:2]
+        y0, x0 = max(0, h // 2 - size // 2), max(0, w // 2 - size // 2)
+        crop = lambda a: np.clip(a[y0:y0 + size, x0:x0 + size], 0, 1)  # noqa: E731
+        axes[i, 0].imshow(crop(c.hr))
+        axes[i, 0].set_title(f"{c.name}: HR", fontsize=6)
+        for j, m in enumerate(ms):
+            r = next((r for r in rows if r["method"] == m and r["image"] == c.name), None)
+            if r and r.get("hr_path") and os.path.isfile(r["hr_path"]):
+                axes[i, j + 1].imshow(crop(io.load_image(r["hr_path"])))
+                axes[i, j + 1].set_title(f"{m} {r.get('psnr_y', float('nan')):.2f}", fontsize=6)
+    for a in axes.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _machine() -> str:
@@ -275,8 +355,12 @@ def main(argv=None):
                     subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
                                    check=True, cwd=ROOT, env=_case_env(a.out))
                 r = json.load(open(res_path))
-                kpath = res_path[:-5] + "_kernel.npy"
-                rows.append(dict(method=m, image=c.name, kernel_path=kpath if os.path.isfile(kpath) else None, **r))
+                extra = {}
+                for field, suffix in (("kernel_path", "_kernel.npy"), ("curve_path", "_curve.json"),
+                                      ("hr_path", ".png")):
+                    if os.path.isfile(res_path[:-5] + suffix):
+                        extra[field] = res_path[:-5] + suffix
+                rows.append(dict(method=m, image=c.name, **extra, **r))
                 print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
         table = _table(rows, methods)
         from kfsr import io
@@ -289,6 +373,8 @@ def main(argv=None):
             w.writerows(rows)
         io.write_text(os.path.join(run_dir, "table.md"), table + "\n")
         _kernel_figure(rows, cases, methods, os.path.join(run_dir, "kernels.png"))
+        _curve_figure(rows, methods, os.path.join(run_dir, "curves.png"))
+        _crop_figure(rows, cases, methods, os.path.join(run_dir, "sr_crops.png"))
         print(table)
         if a.update_docs:
             when = datetime.date.today().isoformat()

@@ -78,3 +78,26 @@ def test_bench_table_reports_share_of_oracle_gain():
     assert line["dkp"].rstrip(" |").endswith("80 % (oracle_dip)")
     assert line["dkp_paper"].rstrip(" |").endswith("90 % (oracle_dip)")  # over its own images
     assert line["bicubic"].rstrip(" |").endswith("–")
+
+
+def test_bench_figures_curves_and_crops(tmp_path):
+    import types
+
+    rng = np.random.default_rng(0)
+    cases = [types.SimpleNamespace(name=n, hr=rng.random((40, 40, 3)).astype(np.float32), kernel=None)
+             for n in ("a", "b")]
+    rows = []
+    for m in ("bicubic", "dkp"):
+        for c in cases:
+            base = str(tmp_path / f"{m}_{c.name}")
+            io.save_image(base + ".png", c.hr)
+            row = dict(method=m, image=c.name, psnr_y=25.0, hr_path=base + ".png")
+            if m == "dkp":
+                io.write_json(base + "_curve.json", [[10, 20.0], [20, 24.0]])
+                row["curve_path"] = base + "_curve.json"
+            rows.append(row)
+    assert bench._curve_figure(rows, ["bicubic", "dkp"], str(tmp_path / "curves.png"))
+    assert bench._crop_figure(rows, cases, ["bicubic", "dkp"], str(tmp_path / "crops.png"), size=32)
+    for f in ("curves.png", "crops.png"):
+        assert io.load_image(str(tmp_path / f)).shape[0] > 100
+    assert not bench._curve_figure(rows[:2], ["bicubic"], str(tmp_path / "none.png"))

@@ -3,8 +3,10 @@
 A method module exposes
     init(config, lr, key) -> State                    # one pytree: params, opt states, kernel, key ...
     make_step(config, lr) -> step_fn                   # step_fn(state) -> (state, metrics dict)
-    run(config, lr, key, *, checkpoint_dir=None, progress=True, kernel=None) -> Result
-and registers itself with `@register("name")` on its `run` function.
+    run(config, lr, key, *, checkpoint_dir=None, progress=True, kernel=None, monitor=None) -> Result
+and registers itself with `@register("name")` on its `run` function. `monitor(step, hr, kernel)`
+(optional) receives host copies of the current iterate after every loop chunk (the benchmark's
+PSNR-vs-step curves); `kernel` (optional) makes the run non-blind.
 """
 from __future__ import annotations
 

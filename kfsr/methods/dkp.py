@@ -366,20 +366,27 @@ def _result_of(setup: Setup, state, num_steps: int, batched: bool = False):
     return state["hr"], state["kernel"]
 
 
-def _loop(config, step, state, checkpoint_dir, progress, desc):
+def _loop(config, step, state, checkpoint_dir, progress, desc, monitor=None):
     from kfsr.train import loop
+
+    on_chunk = None
+    if monitor is not None:
+        def on_chunk(n, st, history):  # the state is donated next: hand over host copies
+            monitor(n, np.asarray(st["hr"]), np.asarray(st["kernel"]))
 
     return loop.run(step, state, int(config.schedule.outer_iters), chunk=int(config.loop.chunk),
                     checkpoint_dir=checkpoint_dir, loop=config.loop.get("mode", "auto"),
-                    progress=progress, desc=desc)
+                    progress=progress, desc=desc, on_chunk=on_chunk)
 
 
 @register("dkp")
-def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None) -> Result:
+def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None,
+        monitor=None) -> Result:
     """Blind SR of `lr` (h, w, C) in [0, 1] with DIP-DKP. Returns Result(hr, kernel, history).
 
     `key` defaults to jax.random.key(config.seed). `kernel` (optional, (K, K)): run non-blind
-    with that fixed kernel instead (see `run_fixed_kernel`).
+    with that fixed kernel instead (see `run_fixed_kernel`). `monitor(step, hr, kernel)` (numpy
+    copies of the latest iterate) is called after every loop chunk, e.g. to log PSNR curves.
     """
     from kfsr.io import check_lr
 
@@ -389,7 +396,7 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None
     setup = make_setup(config, channels=lr.shape[-1], fixed_kernel=kernel is not None)
     state = _init_jit(setup, int(config.dip.input_channels), lr, key, kernel)
     state, history = _loop(config, functools.partial(_step, setup), state, checkpoint_dir,
-                           progress, "dkp")
+                           progress, "dkp", monitor)
     hr, k = _result_of(setup, state, int(config.schedule.outer_iters))
     return Result(hr=hr, kernel=k, history=history)
 
@@ -429,7 +436,8 @@ def run_batch(config, lrs, key=None, *, checkpoint_dir=None, progress=True,
     return Result(hr=hr, kernel=k, history=history)
 
 
-def run_fixed_kernel(config, lr, kernel, key=None, *, checkpoint_dir=None, progress=True) -> Result:
+def run_fixed_kernel(config, lr, kernel, key=None, *, checkpoint_dir=None, progress=True,
+                     monitor=None) -> Result:
     """Non-blind DIP with DIP-DKP's network, schedule and losses and the kernel fixed.
 
     `config` is a dkp config, or any config with a `dip_preset` field naming a preset of
@@ -452,4 +460,5 @@ def run_fixed_kernel(config, lr, kernel, key=None, *, checkpoint_dir=None, progr
     if not config.get("kernel_size", None):
         config = ml_collections.ConfigDict(config.to_dict())  # unlocked, unfrozen copy
         config.kernel_size = int(kernel.shape[0])
-    return run(config, lr, key, checkpoint_dir=checkpoint_dir, progress=progress, kernel=kernel)
+    return run(config, lr, key, checkpoint_dir=checkpoint_dir, progress=progress, kernel=kernel,
+               monitor=monitor)

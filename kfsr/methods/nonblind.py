@@ -34,8 +34,10 @@ def initial_guess(lr, scale: int):
 
 
 @register("nonblind")
-def run(config, lr, key=None, *, kernel=None, checkpoint_dir=None, progress=True) -> Result:
-    """Super-resolve `lr` (h, w, C) in [0, 1] with the known `kernel` (K, K)."""
+def run(config, lr, key=None, *, kernel=None, checkpoint_dir=None, progress=True,
+        monitor=None) -> Result:
+    """Super-resolve `lr` (h, w, C) in [0, 1] with the known `kernel` (K, K).
+    `monitor(step, hr, kernel)`: called after every loop chunk (iterative solvers only)."""
     _check(config, lr, kernel)
     lr = jnp.asarray(lr, jnp.float32)
     kernel = jnp.asarray(kernel, jnp.float32)
@@ -53,5 +55,6 @@ def run(config, lr, key=None, *, kernel=None, checkpoint_dir=None, progress=True
 
         return dkp.run_fixed_kernel(config, lr, kernel,
                                     key if key is not None else jax.random.key(config.seed),
-                                    checkpoint_dir=checkpoint_dir, progress=progress)
+                                    checkpoint_dir=checkpoint_dir, progress=progress,
+                                    monitor=monitor)
     raise KfsrInputError(f"config.solver={config.solver!r}: expected tikhonov, tv or dip")
