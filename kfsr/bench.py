@@ -103,7 +103,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     return {k: float(v) for k, v in out.items()}, hr, kernel, curve
 
 
-def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit):
+def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit, crop: int = 224):
     from kfsr import data
 
     if dataset == "set5_dkp":
@@ -118,7 +118,7 @@ def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit
         paths = io.list_images(dataset.split(":", 1)[1])[:limit]
         return "folder", [data.Case(name=os.path.splitext(os.path.basename(p))[0],
                                     lr=io.load_image(p), lr_path=p) for p in paths]
-    root = data.build_set(dataset, scale=scale, family=family, seed=seed,
+    root = data.build_set(dataset, crop=crop, scale=scale, family=family, seed=seed,
                           out_root=os.path.join(out, "data"), limit=limit)
     return os.path.basename(root), data.load_set(root, limit)
 
@@ -137,7 +137,7 @@ def _case_main(spec: dict) -> None:
     from kfsr import io
 
     _, cases = load_cases(spec["dataset"], spec["scale"], spec["family"], spec["seed"],
-                          spec["out"], None)
+                          spec["out"], None, spec.get("crop", 224))
     case = next(c for c in cases if c.name == spec["image"])
     m, hr, kernel, curve = run_case(spec["method"], case, spec["scale"], spec["preset"], spec["seed"],
                              spec["overrides"])
@@ -307,7 +307,10 @@ def main(argv=None):
     p.add_argument("--methods", default="bicubic,oracle_fft,dkp")
     p.add_argument("--dataset", default="set5_dkp")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--kernels", default="gaussian", help="comma list: gaussian,motion,l_shape,...")
+    p.add_argument("--crop", type=int, default=224, help="HR centre crop of the generated sets (c224)")
+    p.add_argument("--kernels", default="gaussian",
+                   help="comma list: gaussian,motion,l_shape,empty_square,filled_square; "
+                        "'shapes' = the three synthetic shapes")
     p.add_argument("--preset", default=None, help="preset for dkp / oracle_dip (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -334,8 +337,11 @@ def main(argv=None):
             raise SystemExit(f"error: --subset {item!r}: expected <one of --methods>:img1,img2")
         subsets[m] = set(imgs.split(","))
     cmd = "python -m kfsr.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    for family in a.kernels.split(","):
-        set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit)
+    families = []
+    for f in a.kernels.split(","):
+        families += ["l_shape", "empty_square", "filled_square"] if f == "shapes" else [f]
+    for family in families:
+        set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit, a.crop)
         if a.images:
             keep = set(a.images.split(","))
             cases = [c for c in cases if c.name in keep]
@@ -348,7 +354,7 @@ def main(argv=None):
                 res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
                 if not os.path.isfile(res_path):
                     os.makedirs(os.path.dirname(res_path), exist_ok=True)
-                    spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family,
+                    spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
                                 seed=a.seed, out=a.out, image=c.name, preset=a.preset,
                                 overrides=overrides, result=res_path)
                     print(f"[{set_name}] {m} {c.name} ...", flush=True)

@@ -101,3 +101,16 @@ def test_bench_figures_curves_and_crops(tmp_path):
     for f in ("curves.png", "crops.png"):
         assert io.load_image(str(tmp_path / f)).shape[0] > 100
     assert not bench._curve_figure(rows[:2], ["bicubic"], str(tmp_path / "none.png"))
+
+
+def test_bench_generated_set_crop_and_shape_families(tmp_path):
+    out = str(tmp_path / "res")
+    bench.main(["--methods", "bicubic", "--dataset", "set5", "--kernels", "shapes", "--crop", "64",
+                "--limit", "1", "--out", out])
+    for fam in ("l_shape", "empty_square", "filled_square"):
+        root = os.path.join(out, "data", f"set5_c64_x4_{fam}_s0")
+        m = json.load(open(os.path.join(root, "manifest.json")))
+        assert m["protocol"] == "c64" and m["kernel_family"] == fam
+        rows = json.load(open(os.path.join(out, f"set5_c64_x4_{fam}_s0", "results.json")))
+        assert len(rows) == 1 and np.isfinite(rows[0]["psnr_y"])
+        assert io.load_image(os.path.join(root, "lr", rows[0]["image"] + ".png")).shape == (16, 16, 3)
