@@ -123,6 +123,31 @@ def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit
     return os.path.basename(root), data.load_set(root, limit)
 
 
+def _claim(path: str) -> str | None:
+    """Take the lock file of a case (its content: our pid); None if a live process holds it.
+    Several `kfsr.bench` processes can then share one --out folder (e.g. one per method)."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+                os.kill(pid, 0)  # raises if that process is gone
+                return None
+            except PermissionError:  # alive, owned by another user
+                return None
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                try:
+                    os.remove(path)  # stale lock of a killed benchmark
+                except FileNotFoundError:
+                    pass
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    return None
+
+
 def _case_env(out: str) -> dict:
     """Subprocess environment: a persistent XLA compilation cache shared by all cases, so the
     same-shape programs of a dataset compile once (compile time is not method time)."""
@@ -346,7 +371,7 @@ def main(argv=None):
             keep = set(a.images.split(","))
             cases = [c for c in cases if c.name in keep]
         run_dir = os.path.join(a.out, set_name)
-        rows = []
+        rows, pending = [], []
         for m in methods:
             for c in cases:
                 if m in subsets and c.name not in subsets[m]:
@@ -354,12 +379,21 @@ def main(argv=None):
                 res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
                 if not os.path.isfile(res_path):
                     os.makedirs(os.path.dirname(res_path), exist_ok=True)
+                    lock = _claim(res_path + ".lock")
+                    if lock is None:
+                        print(f"[{set_name}] {m} {c.name}: running in another process, skipped",
+                              flush=True)
+                        pending.append(f"{m}/{c.name}")
+                        continue
                     spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
                                 seed=a.seed, out=a.out, image=c.name, preset=a.preset,
                                 overrides=overrides, result=res_path)
                     print(f"[{set_name}] {m} {c.name} ...", flush=True)
-                    subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
-                                   check=True, cwd=ROOT, env=_case_env(a.out))
+                    try:
+                        subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
+                                       check=True, cwd=ROOT, env=_case_env(a.out))
+                    finally:
+                        os.remove(lock)
                 r = json.load(open(res_path))
                 extra = {}
                 for field, suffix in (("kernel_path", "_kernel.npy"), ("curve_path", "_curve.json"),
@@ -368,6 +402,8 @@ def main(argv=None):
                         extra[field] = res_path[:-5] + suffix
                 rows.append(dict(method=m, image=c.name, **extra, **r))
                 print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+        if pending:
+            print(f"not in this table (still running elsewhere): {', '.join(pending)}", flush=True)
         table = _table(rows, methods)
         from kfsr import io
 

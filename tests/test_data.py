@@ -114,3 +114,12 @@ def test_bench_generated_set_crop_and_shape_families(tmp_path):
         rows = json.load(open(os.path.join(out, f"set5_c64_x4_{fam}_s0", "results.json")))
         assert len(rows) == 1 and np.isfinite(rows[0]["psnr_y"])
         assert io.load_image(os.path.join(root, "lr", rows[0]["image"] + ".png")).shape == (16, 16, 3)
+
+
+def test_bench_case_lock_skips_live_and_clears_stale(tmp_path):
+    lock = str(tmp_path / "case.json.lock")
+    assert bench._claim(lock) == lock and open(lock).read() == str(os.getpid())
+    assert bench._claim(lock) is None  # held by a live process (this one)
+    with open(lock, "w") as f:
+        f.write("999999999")  # no such process: a stale lock is taken over
+    assert bench._claim(lock) == lock
