@@ -171,6 +171,27 @@ class Setup:
                 "schedule": self.schedule, "beta_start": self.beta_start, "beta_end": self.beta_end}
 
 
+_O0_CACHE: dict = {}
+
+
+def _jit_o0(fn: Callable, setup: "Setup", *args):
+    """fn(setup, *args) compiled once per (fn, setup, argument shapes) at XLA optimisation level 0.
+
+    Used for the init programs: Flax initialisers draw many threefry random streams, which XLA:CPU
+    optimises very slowly (a 2-level U-Net init: ~40 s at the default level vs ~3 s at level 0);
+    init runs once per image, so the unoptimised code costs nothing. Integer random bits are
+    exact at any optimisation level.
+    """
+    leaves, tree = jax.tree.flatten(args)
+    sig = (fn, setup, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    prog = _O0_CACHE.get(sig)
+    if prog is None:
+        prog = jax.jit(functools.partial(fn, setup)).lower(*args).compile(
+            compiler_options={"xla_backend_optimization_level": 0})
+        _O0_CACHE[sig] = prog
+    return prog(*args)
+
+
 def _req(cond, msg):
     if not cond:
         raise KfsrInputError(msg)
@@ -192,7 +213,8 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
                            config.phase2)
     T = int(d.T)
     _req(T >= 2, f"config.diffusion.T: must be >= 2, got {T}")
-    _req(d.schedule in ("linear", "cosine"), f"config.diffusion.schedule: 'linear' or 'cosine', got {d.schedule!r}")
+    _req(d.schedule in ("linear", "cosine"),
+         f"config.diffusion.schedule: 'linear' or 'cosine', got {d.schedule!r}")
     _req(int(p.width) >= 1 and int(p.n_blocks) >= 0, "config.pd.width must be >= 1, config.pd.n_blocks >= 0")
     _req(int(p1.steps) >= 0 and int(p1.batch) >= 1 and int(p1.crop) >= 1,
          "config.phase1.steps >= 0, batch >= 1, crop >= 1 required")
@@ -283,7 +305,7 @@ def init(config, lr, key) -> State:
     """Phase-1 state for `lr` (h, w, C) in [0, 1]: PD params, EMA, Adam state, key, step."""
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    return _p1_init_jit(setup, lr, key)
+    return _jit_o0(_p1_init, setup, lr, key)
 
 
 def _p1_init(setup: Setup, lr, key) -> State:
@@ -293,9 +315,6 @@ def _p1_init(setup: Setup, lr, key) -> State:
     return {"pd": params, "ema": jax.tree.map(jnp.copy, params),
             "opt": setup.p1_tx().init(params), "lr": _to_pm1(lr), "key": k_run,
             "it": jnp.zeros((), jnp.int32)}
-
-
-_p1_init_jit = jax.jit(_p1_init, static_argnums=0)
 
 
 def pd_loss(setup: Setup, params, x0, t, eps):
@@ -373,9 +392,9 @@ def load_pd(directory: str, setup: Setup):
 
 
 def _pd_template(setup: Setup):
-    x = jax.ShapeDtypeStruct((1, 8, 8, setup.channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    return jax.eval_shape(lambda: setup.pd.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape, t.dtype)))
+    """Shapes/dtypes of the PD params (restore template)."""
+    x = jnp.zeros((1, 8, 8, setup.channels), jnp.float32)
+    return jax.eval_shape(lambda: setup.pd.init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32)))
 
 
 def train_pd(config, lr, key, *, checkpoint_dir=None, progress=True, on_chunk=None):
@@ -384,10 +403,11 @@ def train_pd(config, lr, key, *, checkpoint_dir=None, progress=True, on_chunk=No
 
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    state = _p1_init_jit(setup, lr, key)
+    state = _jit_o0(_p1_init, setup, lr, key)
     state, history = loop.run(
         _p1_step_fn(setup), state, setup.p1_steps, chunk=int(config.loop.chunk),
         checkpoint_dir=None if checkpoint_dir is None else os.path.join(checkpoint_dir, "phase1"),
+        checkpoint_every=int(config.loop.get("checkpoint_every", 1)),
         loop=config.loop.get("mode", "auto"), progress=progress, desc="kernelfusion[PD]",
         on_chunk=None if on_chunk is None else functools.partial(on_chunk, "phase1"))
     params = state["ema"] if setup.p1_use_ema else state["pd"]
@@ -407,7 +427,7 @@ def init_phase2(config, lr, pd_params, key) -> State:
     """Phase-2 state: U-Net and SIREN params + Adam states, frozen PD params, the HR estimate."""
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    return _p2_init_jit(setup, lr, pd_params, key)
+    return _jit_o0(_p2_init, setup, lr, pd_params, key)
 
 
 def _p2_init(setup: Setup, lr, pd_params, key) -> State:
@@ -423,9 +443,6 @@ def _p2_init(setup: Setup, lr, pd_params, key) -> State:
         "x0_prev": x0, "xt_prev": x0, "hr": x0, "kernel": k0,
         "it": jnp.zeros((), jnp.int32),
     }
-
-
-_p2_init_jit = jax.jit(_p2_init, static_argnums=0)
 
 
 def _schedule_position(setup: Setup, it):
@@ -532,10 +549,11 @@ def sample(config, lr, pd_params, key, *, checkpoint_dir=None, progress=True, on
 
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    state = _p2_init_jit(setup, lr, pd_params, key)
+    state = _jit_o0(_p2_init, setup, lr, pd_params, key)
     state, history = loop.run(
         _p2_step_fn(setup), state, setup.p2_steps, chunk=int(config.loop.chunk),
         checkpoint_dir=None if checkpoint_dir is None else os.path.join(checkpoint_dir, "phase2"),
+        checkpoint_every=int(config.loop.get("checkpoint_every", 1)),
         loop=config.loop.get("mode", "auto"), progress=progress, desc="kernelfusion[SR]",
         on_chunk=None if on_chunk is None else functools.partial(on_chunk, "phase2"))
     hr = jnp.clip(_to_01(state["hr"][0]), 0.0, 1.0)
@@ -546,7 +564,8 @@ def sample(config, lr, pd_params, key, *, checkpoint_dir=None, progress=True, on
 # driver
 # --------------------------------------------------------------------------------------------
 @register("kernelfusion")
-def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=None) -> Result:
+def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=None,
+        kernel=None) -> Result:
     """Blind SR of `lr` (h, w, C) in [0, 1] with KernelFusion. Returns Result(hr, kernel, history).
 
     `key` defaults to jax.random.key(config.seed); Phase 1 uses split(key)[0], Phase 2 split(key)[1]
@@ -558,6 +577,8 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=No
     """
     from kfsr.io import check_lr
 
+    if kernel is not None:
+        raise KfsrInputError("kernelfusion is a blind method: it estimates the kernel (no --kernel)")
     setup0 = make_setup(config)
     lr = jnp.asarray(check_lr(lr, setup0.scale, max(1, setup0.kernel_size // setup0.scale),
                               name="kernelfusion input"))
