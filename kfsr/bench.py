@@ -66,7 +66,6 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     import jax
 
     from kfsr import metrics
-    from kfsr.degrade import Degradation
     from kfsr.degrade.imresize import imresize
     from kfsr.methods.base import get_method
 
@@ -91,7 +90,16 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
             kw["kernel"] = case.kernel
         res = run(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
         hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
-    out = {"seconds": time.time() - t0}
+    out = _metrics_of(method, case, hr, kernel, scale)
+    out["seconds"] = time.time() - t0
+    return out, hr, kernel, curve
+
+
+def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
+    from kfsr import metrics
+    from kfsr.degrade import Degradation
+
+    out = {}
     if case.hr is not None:
         out["psnr_y"] = metrics.psnr_y(hr, case.hr, scale=scale)
         out["ssim_y"] = metrics.ssim_y(hr, case.hr, scale=scale)
@@ -100,7 +108,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         if case.kernel is not None and not method.startswith("oracle"):
             out["kernel_psnr"] = metrics.kernel_psnr(kernel, case.kernel)
             out["kernel_error"] = metrics.aligned_kernel_error(kernel, case.kernel)
-    return {k: float(v) for k, v in out.items()}, hr, kernel, curve
+    return {k: float(v) for k, v in out.items()}
 
 
 def load_cases(dataset: str, scale: int, family: str, seed: int, out: str, limit, crop: int = 224):
@@ -157,23 +165,66 @@ def _case_env(out: str) -> dict:
     return env
 
 
+def _groups(method: str, todo: list, batch: int) -> list[list]:
+    """Cases to run together: same-size LR images of a blind method with a batched `run`
+    (--batch > 1), else one case per group."""
+    if batch < 2 or method in ("bicubic",) or method.startswith("oracle"):
+        return [[t] for t in todo]
+    from kfsr.methods.base import get_batch_method
+
+    if get_batch_method(_config_for(method, 4, None, {}).method) is None:
+        return [[t] for t in todo]
+    by_shape: dict[tuple, list] = {}
+    for t in todo:
+        by_shape.setdefault(t[0].lr.shape, []).append(t)
+    return [g[i:i + batch] for g in by_shape.values() for i in range(0, len(g), batch)]
+
+
+def run_batch_cases(method: str, cases: list, scale: int, preset: str | None, seed: int,
+                    overrides: dict):
+    """Run one blind method on same-size Cases as one vmapped batch (kfsr.parallel shards it
+    over the devices). Yields (metrics, hr, kernel, curve) per case; seconds = batch time / B."""
+    import jax
+
+    from kfsr.methods.base import get_batch_method
+
+    cfg = _config_for(method, scale, preset, overrides)
+    cfg.seed = seed
+    t0 = time.time()
+    res = get_batch_method(cfg.method)(cfg, np.stack([c.lr for c in cases]), jax.random.key(seed),
+                                       progress=False)
+    hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
+    sec = (time.time() - t0) / len(cases)
+    for b, c in enumerate(cases):
+        m = _metrics_of(method, c, np.clip(hr[b], 0, 1), kernel[b], scale)
+        m["seconds"], m["batch"] = sec, float(len(cases))
+        yield m, hr[b], kernel[b], []
+
+
 def _case_main(spec: dict) -> None:
-    """Subprocess entry: run one case, write its JSON (+ hr.png, kernel.npy)."""
+    """Subprocess entry: run one case (or a batch of cases), write each case's JSON (+ hr.png,
+    kernel.npy, curve.json)."""
     from kfsr import io
 
     _, cases = load_cases(spec["dataset"], spec["scale"], spec["family"], spec["seed"],
                           spec["out"], None, spec.get("crop", 224))
-    case = next(c for c in cases if c.name == spec["image"])
-    m, hr, kernel, curve = run_case(spec["method"], case, spec["scale"], spec["preset"], spec["seed"],
-                             spec["overrides"])
-    m["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    base = spec["result"][:-5]
-    io.save_image(base + ".png", hr)
-    if kernel is not None:
-        np.save(base + "_kernel.npy", kernel)
-    if curve:
-        io.write_json(base + "_curve.json", curve)
-    io.write_json(spec["result"], m)
+    by_name = {c.name: c for c in cases}
+    todo = [by_name[n] for n in spec["images"]]
+    args = (spec["scale"], spec["preset"], spec["seed"], spec["overrides"])
+    if len(todo) == 1:
+        outs = [run_case(spec["method"], todo[0], *args)]
+    else:
+        outs = list(run_batch_cases(spec["method"], todo, *args))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for (m, hr, kernel, curve), result in zip(outs, spec["results"]):
+        m["peak_mib"] = peak
+        base = result[:-5]
+        io.save_image(base + ".png", hr)
+        if kernel is not None:
+            np.save(base + "_kernel.npy", kernel)
+        if curve:
+            io.write_json(base + "_curve.json", curve)
+        io.write_json(result, m)
 
 
 def _table(rows: list[dict], methods: list[str]) -> str:
@@ -344,6 +395,9 @@ def main(argv=None):
                    help="method:img1,img2 -- run that method on those images only (e.g. an expensive preset)")
     p.add_argument("--set", action="append", default=[], help="config override field=value")
     p.add_argument("--out", default="results/bench")
+    p.add_argument("--batch", type=int, default=1,
+                   help="blind methods: run up to N same-size images as one vmapped batch "
+                        "(sharded over the devices); time per image = batch time / N")
     p.add_argument("--update-docs", action="store_true")
     p.add_argument("--tag", default=None, help="section name in docs/BENCHMARKS.md")
     p.add_argument("--_case", default=None, help=argparse.SUPPRESS)
@@ -373,6 +427,7 @@ def main(argv=None):
         run_dir = os.path.join(a.out, set_name)
         rows, pending = [], []
         for m in methods:
+            todo, mine = [], {}
             for c in cases:
                 if m in subsets and c.name not in subsets[m]:
                     continue
@@ -385,15 +440,24 @@ def main(argv=None):
                               flush=True)
                         pending.append(f"{m}/{c.name}")
                         continue
-                    spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
-                                seed=a.seed, out=a.out, image=c.name, preset=a.preset,
-                                overrides=overrides, result=res_path)
-                    print(f"[{set_name}] {m} {c.name} ...", flush=True)
-                    try:
-                        subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
-                                       check=True, cwd=ROOT, env=_case_env(a.out))
-                    finally:
+                    todo.append((c, res_path, lock))
+                mine[c.name] = res_path
+            base_spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
+                             seed=a.seed, out=a.out, preset=a.preset, overrides=overrides)
+            for group in _groups(m, todo, a.batch):
+                names = [c.name for c, _, _ in group]
+                spec = dict(base_spec, images=names, results=[r for _, r, _ in group])
+                print(f"[{set_name}] {m} {', '.join(names)} ...", flush=True)
+                try:
+                    subprocess.run([sys.executable, "-m", "kfsr.bench", "--_case", json.dumps(spec)],
+                                   check=True, cwd=ROOT, env=_case_env(a.out))
+                finally:
+                    for _, _, lock in group:
                         os.remove(lock)
+            for c in cases:
+                if c.name not in mine:
+                    continue
+                res_path = mine[c.name]
                 r = json.load(open(res_path))
                 extra = {}
                 for field, suffix in (("kernel_path", "_kernel.npy"), ("curve_path", "_curve.json"),
