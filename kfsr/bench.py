@@ -399,6 +399,8 @@ def main(argv=None):
                    help="blind methods: run up to N same-size images as one vmapped batch "
                         "(sharded over the devices); time per image = batch time / N")
     p.add_argument("--update-docs", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: tables and figures from the cases finished so far")
     p.add_argument("--tag", default=None, help="section name in docs/BENCHMARKS.md")
     p.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -432,6 +434,9 @@ def main(argv=None):
                 if m in subsets and c.name not in subsets[m]:
                     continue
                 res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
+                if not os.path.isfile(res_path) and a.report_only:
+                    pending.append(f"{m}/{c.name}")
+                    continue
                 if not os.path.isfile(res_path):
                     os.makedirs(os.path.dirname(res_path), exist_ok=True)
                     lock = _claim(res_path + ".lock")
@@ -467,7 +472,7 @@ def main(argv=None):
                 rows.append(dict(method=m, image=c.name, **extra, **r))
                 print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
         if pending:
-            print(f"not in this table (still running elsewhere): {', '.join(pending)}", flush=True)
+            print(f"not in this table (not finished): {', '.join(pending)}", flush=True)
         table = _table(rows, methods)
         from kfsr import io
 
@@ -490,7 +495,10 @@ def main(argv=None):
                 per_image.append(f"| {r['method']} | {r['image']} | {r.get('psnr_y', float('nan')):.2f} | "
                                  f"{r.get('ssim_y', float('nan')):.4f} | {r.get('kernel_psnr', float('nan')):.2f} | "
                                  f"{r['seconds']:.0f} |")
-            text = (f"### {a.tag or set_name}\n\nCommand: `{cmd}`  \nMachine: {machine}  \nDate: {when}\n\n"
+            run_cmd = cmd.replace(" --report-only", "")  # what reproduces the numbers
+            todo = (f"Not finished yet (the command resumes them): {', '.join(pending)}\n\n"
+                    if pending else "")
+            text = (f"### {a.tag or set_name}\n\nCommand: `{run_cmd}`  \nMachine: {machine}  \nDate: {when}\n\n{todo}"
                     f"{table}\n\n<details><summary>per image</summary>\n\n" + "\n".join(per_image) +
                     "\n\n</details>")
             update_docs(a.tag or set_name, text)

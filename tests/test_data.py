@@ -136,3 +136,12 @@ def test_bench_batches_same_size_images(tmp_path):
     assert len(rows) == 2 and all(r["batch"] == 2 for r in rows)
     assert rows[0]["seconds"] == rows[1]["seconds"]  # the batch time shared out
     assert all(np.isfinite(r["psnr_y"]) and np.isfinite(r["kernel_error"]) for r in rows)
+
+
+def test_bench_report_only_runs_nothing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: calls.append(a))
+    out = str(tmp_path / "res")
+    bench.main(["--methods", "bicubic", "--dataset", "set5_dkp", "--limit", "1", "--out", out,
+                "--report-only"])
+    assert calls == [] and json.load(open(os.path.join(out, "set5_dkp", "results.json"))) == []
