@@ -165,6 +165,14 @@ def _case_env(out: str) -> dict:
     return env
 
 
+PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion")  # the methods --preset applies to
+
+
+def _result_dir(method: str, preset: str | None) -> str:
+    """Results folder of a method: named with the preset only where the preset applies."""
+    return method + (f"_{preset}" if preset and method in PRESET_METHODS else "")
+
+
 def _groups(method: str, todo: list, batch: int) -> list[list]:
     """Cases to run together: same-size LR images of a blind method with a batched `run`
     (--batch > 1), else one case per group."""
@@ -387,7 +395,7 @@ def main(argv=None):
     p.add_argument("--kernels", default="gaussian",
                    help="comma list: gaussian,motion,l_shape,empty_square,filled_square; "
                         "'shapes' = the three synthetic shapes")
-    p.add_argument("--preset", default=None, help="preset for dkp / oracle_dip (default: cpu)")
+    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, oracle_dip (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")
@@ -433,7 +441,7 @@ def main(argv=None):
             for c in cases:
                 if m in subsets and c.name not in subsets[m]:
                     continue
-                res_path = os.path.join(run_dir, m + (f"_{a.preset}" if a.preset else ""), c.name + ".json")
+                res_path = os.path.join(run_dir, _result_dir(m, a.preset), c.name + ".json")
                 if not os.path.isfile(res_path) and a.report_only:
                     pending.append(f"{m}/{c.name}")
                     continue
