@@ -58,58 +58,85 @@ def problem():
 def full_run(problem, tmp_path_factory):
     """The reference run: both phases, checkpoints and the saved PD in `ck`."""
     ck = str(tmp_path_factory.mktemp("kf") / "ck")
-    res = kf.run(_config(), problem[2], KEY, checkpoint_dir=ck, progress=False)
+    c = _config()
+    c.loop.checkpoint_every = 1000  # one checkpoint per phase (at its end): results do not change
+    res = kf.run(c, problem[2], KEY, checkpoint_dir=ck, progress=False)
     return res, ck
+
+
+@pytest.fixture(scope="module")
+def trained_pd(problem, full_run):
+    lr = problem[2]
+    return kf.load_pd(os.path.join(full_run[1], "pd"), kf.make_setup(_config(), 3, lr.shape[:2]))
+
+
+@pytest.fixture(scope="module")
+def phase2_start(problem, trained_pd):
+    """The reference run's Phase-2 initial state (same key: split(KEY)[1])."""
+    return kf.init_phase2(_config(), problem[2], trained_pd, jax.random.split(KEY)[1])
 
 
 # ------------------------------------------------------------------------------- networks
 def test_patch_denoiser_receptive_field_is_15x15():
+    """The gradient of one output pixel w.r.t. the input is non-zero exactly on the 15x15 window
+    around it (clipped at the border)."""
     pd = PatchDenoiser(width=8, time_dim=16)
     assert pd.receptive_field == 15
     x = jax.random.normal(jax.random.key(1), (1, 33, 35, 3))
-    t0 = jnp.zeros((1,), jnp.int32)
-    params = compile0(pd.init, jax.random.key(2), x, t0)(jax.random.key(2), x, t0)
-    grad = jax.jit(jax.grad(lambda x, r, c: pd.apply(params, x, jnp.array([7]))[0, r, c, 1]))
-    for (r, c) in ((16, 17), (3, 30)):  # an interior pixel and one near the border
-        g = grad(x, r, c)
-        nz = np.asarray(jnp.abs(g).sum(-1)[0] > 0)
+    pix = jnp.array([[16, 17], [3, 30]])  # an interior pixel and one near the border
+
+    def grads(key, x):
+        params = pd.init(key, x, jnp.zeros((1,), jnp.int32))
+        g = jax.grad(lambda x, r, c: pd.apply(params, x, jnp.array([7]))[0, r, c, 1])
+        return jax.vmap(lambda rc: g(x, rc[0], rc[1]))(pix)
+
+    gs = np.asarray(compile0(grads, jax.random.key(2), x)(jax.random.key(2), x))
+    for (r, c), g in zip(np.asarray(pix), gs):
+        nz = np.abs(g).sum(-1)[0] > 0
         rows, cols = np.where(nz.any(1))[0], np.where(nz.any(0))[0]
         want_r = np.arange(max(r - 7, 0), min(r + 7, 32) + 1)
         want_c = np.arange(max(c - 7, 0), min(c + 7, 34) + 1)
         assert np.array_equal(rows, want_r) and np.array_equal(cols, want_c), (rows, cols)
         assert nz.sum() == want_r.size * want_c.size  # every pixel of the window contributes
-    out = pd.apply(params, x, jnp.array([7]))
-    assert out.shape == x.shape
 
 
 def test_siren_kernel_positive_and_normalised():
-    for size in (13, 8):
-        m = SirenKernel(size, hidden=32, n_layers=3)
-        p = compile0(m.init, jax.random.key(size))(jax.random.key(size))
-        apply = jax.jit(m.apply)
-        k = np.asarray(apply(p))
+    m13, m8 = SirenKernel(13, hidden=32, n_layers=3), SirenKernel(8, hidden=32, n_layers=3)
+
+    def kernels(key):
+        out = []
+        for m in (m13, m8):  # odd and even K
+            p = m.init(key)
+            # also far from the init (large parameters): still positive and normalised
+            out += [m.apply(p), m.apply(jax.tree.map(lambda a: 50.0 * a, p))]
+        return out
+
+    ks = [np.asarray(a) for a in compile0(kernels, jax.random.key(1))(jax.random.key(1))]
+    for size, k, k2 in ((13, ks[0], ks[1]), (8, ks[2], ks[3])):
         assert k.shape == (size, size) and k.dtype == np.float32
         assert k.min() > 0 and abs(k.sum() - 1.0) < 1e-5
-        # still positive / normalised far from the init (large random parameters)
-        p2 = jax.tree.map(lambda a: 50.0 * a, p)
-        k2 = np.asarray(apply(p2))
         assert k2.min() > 0 and abs(k2.sum() - 1.0) < 1e-5 and k2.std() > k.std()
 
 
 def test_unet_is_identity_at_init_and_learns_residual():
     x = jax.random.uniform(jax.random.key(3), (1, 20, 28, 3), minval=-1.2, maxval=1.2)  # not /4
-    u = UNet(levels=2, base=8, max_channels=16, output="residual")
-    p = compile0(u.init, jax.random.key(4), x)(jax.random.key(4), x)
-    assert np.array_equal(np.asarray(jax.jit(u.apply)(p, x)), np.asarray(x))  # exact identity
+    res_net = UNet(levels=2, base=8, max_channels=16, output="residual")
     b = UNet(levels=2, base=8, max_channels=16)  # default 'bounded'
     assert b.output == "bounded"
-    apply_b = jax.jit(b.apply)
-    y = np.asarray(apply_b(p, x))  # same parameter tree
-    assert np.allclose(y, np.clip(np.asarray(x), -0.999, 0.999), atol=1e-5)
-    g = jax.jit(jax.grad(lambda p: jnp.sum(b.apply(p, x) ** 2)))(p)
-    assert float(jnp.abs(g["params"]["head"]["kernel"]).max()) > 0  # the head trains
-    p_far = jax.tree.map(lambda a: a + 3.0, p)
-    assert float(jnp.abs(apply_b(p_far, x)).max()) <= 1  # always in the image range
+
+    def outputs(key, x):
+        p = res_net.init(key, x)  # same parameter tree for both output forms
+        g = jax.grad(lambda p: jnp.sum(b.apply(p, x) ** 2))(p)
+        far = jax.tree.map(lambda a: a + 3.0, p)
+        return res_net.apply(p, x), b.apply(p, x), g["params"]["head"]["kernel"], b.apply(far, x)
+
+    y_res, y_b, g_head, y_far = (np.asarray(a) for a in
+                                 compile0(outputs, jax.random.key(4), x)(jax.random.key(4), x))
+    assert np.array_equal(y_res, np.asarray(x))  # 'residual': exact identity at init
+    assert y_b.shape == x.shape
+    assert np.allclose(y_b, np.clip(np.asarray(x), -0.999, 0.999), atol=1e-5)
+    assert np.abs(g_head).max() > 0  # the zero-initialised head trains
+    assert np.abs(y_far).max() <= 1 and not np.allclose(y_far, y_b)  # always in the image range
 
 
 # ------------------------------------------------------------------------------- config
@@ -125,31 +152,37 @@ def test_presets_validate_and_bad_fields_are_named():
     c.phase2.t_start = 1000
     with pytest.raises(KfsrInputError, match="t_start"):
         kf.validate(c)
+    c = _config()
+    c.phase2.t_stride, c.phase2.t_start = 7, 20  # t_end is always the last timestep
+    assert kf.make_setup(c).timesteps == (20, 13, 6, 0)
     # the step counter -> timestep schedule: first t gets n_iter_first steps, t_end always last
     s = kf.make_setup(_config())
-    assert s.timesteps == (40, 30, 20, 10, 0) and s.p2_steps == 50 + 4 * 25
-    pos = [kf._schedule_position(s, jnp.int32(i)) for i in (0, 49, 50, 74, 75, 149)]
-    assert [int(p[1]) for p in pos] == [40, 40, 30, 30, 20, 0]
-    assert [int(p[2]) for p in pos] == [-1, -1, 40, 40, 30, 10]
+    assert s.timesteps == (40, 20, 0) and s.p2_steps == 40 + 2 * 20
+    pos = [kf._schedule_position(s, jnp.int32(i)) for i in (0, 39, 40, 59, 60, 79)]
+    assert [int(p[1]) for p in pos] == [40, 40, 20, 20, 0, 0]
+    assert [int(p[2]) for p in pos] == [-1, -1, 40, 40, 20, 20]
     assert [bool(p[3]) for p in pos] == [True, False, True, False, True, False]
     assert [bool(p[4]) for p in pos] == [False, True, False, True, False, True]
 
 
 # ------------------------------------------------------------------------------- Phase 1
-def test_phase1_training_lowers_the_denoising_loss(problem, full_run, tmp_path):
+def test_phase1_training_lowers_the_denoising_loss(problem, full_run, trained_pd):
     """The trained PD (EMA weights, from the reference run's saved PD) has a lower v-prediction
     loss than its initialisation on a fixed batch of crops, noise levels and noise."""
     _, _, lr = problem
     c = _config()
     setup = kf.make_setup(c, 3, lr.shape[:2])
-    trained = kf.load_pd(os.path.join(full_run[1], "pd"), setup)
     init = kf.init(c, lr, jax.random.split(KEY)[0])["pd"]  # Phase 1's own initial params
-    kx, kt, ke = jax.random.split(jax.random.key(11), 3)
-    x0 = kf.random_crops(2.0 * lr - 1.0, kx, 64, setup.p1_crop)
-    t = jax.random.randint(kt, (64,), 0, setup.T)
-    eps = jax.random.normal(ke, x0.shape)
-    loss = jax.jit(lambda p: kf.pd_loss(setup, p, x0, t, eps))
-    l0, l1 = float(loss(init)), float(loss(trained))
+
+    def losses(p0, p1, key):
+        kx, kt, ke = jax.random.split(key, 3)
+        x0 = kf.random_crops(2.0 * lr - 1.0, kx, 64, setup.p1_crop)
+        t = jax.random.randint(kt, (64,), 0, setup.T)
+        eps = jax.random.normal(ke, x0.shape)
+        return kf.pd_loss(setup, p0, x0, t, eps), kf.pd_loss(setup, p1, x0, t, eps)
+
+    args = (init, trained_pd, jax.random.key(11))
+    l0, l1 = (float(v) for v in compile0(losses, *args)(*args))
     assert l1 < 0.6 * l0, (l0, l1)
     hist = [h["pd_loss"] for h in full_run[0].history if h["phase"] == 1.0]
     assert len(hist) == c.phase1.steps
@@ -162,18 +195,18 @@ def test_phase1_training_lowers_the_denoising_loss(problem, full_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------- Phase 2
-def test_phase2_improves_consistency_and_kernel(problem, full_run):
+def test_phase2_improves_consistency_and_kernel(problem, full_run, phase2_start):
     """Phase 2 on a synthetic x2 LR image (Set5 butterfly crop, known anisotropic Gaussian):
     the final (HR, kernel) pair explains the LR image better than the bicubic start with the
-    initial SIREN kernel by >= 10 dB, and better than the bicubic upscale with the TRUE kernel;
-    the kernel's shift-aligned error is at most half that of the initial SIREN kernel.
-    Seen when written: kernel error 0.90 -> 0.29, consistency 20.4 -> 34.5 dB (bicubic with
-    the true kernel 32.1 dB)."""
+    initial SIREN kernel by >= 10 dB, and not worse than the bicubic upscale with the TRUE
+    kernel by more than 1 dB; the kernel's shift-aligned error is at most half that of the
+    initial SIREN kernel. Seen when written: kernel error 0.90 -> 0.27, consistency
+    20.4 -> 33.0 dB (bicubic with the true kernel 32.1 dB)."""
     hr, k_true, lr = problem
     res, _ = full_run
     c = _config()
     spec = Degradation.div2krk(SCALE)
-    st0 = kf.init_phase2(c, lr, None, jax.random.split(KEY)[1])  # the run's Phase-2 start
+    st0 = phase2_start
     bic = np.asarray(kf._to_01(st0["x0_prev"][0]))
     k0 = np.asarray(st0["kernel"])
     assert np.allclose(bic, np.asarray(imresize(lr, scale=SCALE)), atol=1e-6)
@@ -181,7 +214,7 @@ def test_phase2_improves_consistency_and_kernel(problem, full_run):
     c_bic_true = metrics.lr_consistency_psnr(bic, k_true, lr, spec)
     c_final = metrics.lr_consistency_psnr(res.hr, res.kernel, lr, spec)
     assert c_final > c_start + 10.0, (c_start, c_final)
-    assert c_final > c_bic_true, (c_bic_true, c_final)
+    assert c_final > c_bic_true - 1.0, (c_bic_true, c_final)
     e0 = metrics.aligned_kernel_error(k0, k_true)
     e1 = metrics.aligned_kernel_error(res.kernel, k_true)
     assert e1 < 0.5 * e0, (e0, e1)
@@ -189,15 +222,17 @@ def test_phase2_improves_consistency_and_kernel(problem, full_run):
     assert k.shape == (K, K) and k.min() > 0 and abs(k.sum() - 1) < 1e-5
     assert res.hr.shape == hr.shape and 0 <= float(res.hr.min()) and float(res.hr.max()) <= 1
     h2 = [h for h in res.history if h["phase"] == 2.0]
-    assert len(h2) == kf.num_phase2_steps(c) and [h["t"] for h in h2[::25]] == [40, 40, 30, 20, 10, 0]
+    assert len(h2) == kf.num_phase2_steps(c) and [h["t"] for h in h2[::20]] == [40, 40, 20, 0]
 
 
 def test_pd_checkpoint_reuse_gives_identical_phase2(problem, full_run):
+    """The PD saved by the reference run, reused through the public API (`kfsr.super_resolve`)
+    with the same key, gives a bit-identical Phase 2."""
     res, ck = full_run
     c = _config()
-    c.pd_checkpoint = os.path.join(ck, "pd")
     c.phase1.steps = 10**9  # must not matter: Phase 1 is skipped
-    again = kf.run(c, problem[2], KEY, progress=False)
+    again = kfsr.super_resolve(np.asarray(problem[2]), scale=SCALE, method="kernelfusion",
+                               key=KEY, config=c, pd_checkpoint=os.path.join(ck, "pd"))
     assert all(h["phase"] == 2.0 for h in again.history)
     assert np.array_equal(np.asarray(again.hr), np.asarray(res.hr))
     assert np.array_equal(np.asarray(again.kernel), np.asarray(res.kernel))
@@ -225,15 +260,15 @@ def test_resume_after_interruption_equals_uninterrupted(problem, full_run, tmp_p
 
     with pytest.raises(_Stop):
         kf.run(_config(), problem[2], KEY, checkpoint_dir=ck, progress=False,
-               on_chunk=stop_at("phase1", 50))
+               on_chunk=stop_at("phase1", 80))
     with pytest.raises(_Stop):
         kf.run(_config(), problem[2], KEY, checkpoint_dir=ck, progress=False,
-               on_chunk=stop_at("phase2", 50))
+               on_chunk=stop_at("phase2", 40))
     out = kf.run(_config(), problem[2], KEY, checkpoint_dir=ck, progress=False,
                  on_chunk=stop_at(None, None))
-    assert seen[0][-1] == ("phase1", 50)
-    assert seen[1][0] == ("phase1", 75) and seen[1][-1] == ("phase2", 50)  # resumed Phase 1
-    assert seen[2][0] == ("phase2", 75)  # Phase 1 done already, Phase 2 resumed at 50
+    assert seen[0][-1] == ("phase1", 80)
+    assert seen[1][0] == ("phase1", 120) and seen[1][-1] == ("phase2", 40)  # resumed Phase 1
+    assert seen[2] == [("phase2", 80)]  # Phase 1 done already, Phase 2 resumed at 40
     assert out.history == res.history
     assert np.array_equal(np.asarray(out.hr), np.asarray(res.hr))
     assert np.array_equal(np.asarray(out.kernel), np.asarray(res.kernel))
@@ -246,27 +281,26 @@ def test_registry_and_public_api(problem, full_run):
     c.pd_checkpoint = os.path.join(ck, "pd")
     lr = np.asarray(problem[2])
     k = kfsr.estimate_kernel(lr, scale=SCALE, method="kernelfusion", key=KEY, config=c)
-    assert np.array_equal(np.asarray(k), np.asarray(res.kernel))
-    out = kfsr.super_resolve(lr, scale=SCALE, method="kernelfusion", key=KEY, config=c)
-    assert out.hr.shape == (LR_SIZE * SCALE, LR_SIZE * SCALE, 3)
+    assert k.shape == (K, K) and np.array_equal(np.asarray(k), np.asarray(res.kernel))
     assert kfsr.default_config("kernelfusion").preset == "cpu"
+    with pytest.raises(KfsrInputError, match="blind"):
+        kf.run(c, lr, KEY, kernel=np.ones((K, K)) / K**2)
 
 
-def test_ablation_switches_change_the_graph(problem):
+def test_ablation_switches_change_the_graph(problem, phase2_start):
     """use_pd=False / second_unet_pass=False: with the identity-at-init U-Net the no-PD forward
     returns the bicubic start (clipped to the image range); with the PD it does not."""
     _, _, lr = problem
     c = _config()
-    c.phase1.steps = 0
-    pd_params = kf.init(c, lr, KEY)["pd"]
-    st = kf.init_phase2(c, lr, pd_params, KEY)
+    st = phase2_start
     args = (st["unet"], st["siren"], st["pd"], st["x0_prev"], st["xt_prev"], st["lr"],
             jnp.int32(60), jnp.int32(-1), jax.random.key(5))
     outs = {}
     for use_pd, second in ((True, True), (False, True), (True, False)):
         c.phase2.use_pd, c.phase2.second_unet_pass = use_pd, second
         s = kf.make_setup(c, 3, lr.shape[:2])
-        loss, (mse, x0_hat, x_t, k) = jax.jit(functools.partial(kf.phase2_forward, s))(*args)
+        fwd = functools.partial(kf.phase2_forward, s)
+        loss, (mse, x0_hat, x_t, k) = compile0(fwd, *args)(*args)
         outs[(use_pd, second)] = np.asarray(x0_hat)
         assert np.isfinite(float(loss))
     x0 = np.clip(np.asarray(st["x0_prev"]), -0.999, 0.999)

@@ -282,17 +282,47 @@ def _to_01(x):
 # --------------------------------------------------------------------------------------------
 def random_crops(img, key, n: int, size: int):
     """n random (size, size) crops of img (h, w, C) -> (n, size, size, C), uniform positions."""
+    u = jax.random.uniform(key, (2, n), jnp.float32)
+    return _crops_at(img, u, size)
+
+
+def _crops_at(img, u, size: int):
+    """Crops at positions given by uniforms u (2, n) in [0, 1)."""
     h, w, c = img.shape
-    ky, kx = jax.random.split(key)
-    ys = jax.random.randint(ky, (n,), 0, h - size + 1)
-    xs = jax.random.randint(kx, (n,), 0, w - size + 1)
+    ys = jnp.minimum(jnp.floor(u[0] * (h - size + 1)), h - size).astype(jnp.int32)
+    xs = jnp.minimum(jnp.floor(u[1] * (w - size + 1)), w - size).astype(jnp.int32)
     return jax.vmap(lambda y, x: jax.lax.dynamic_slice(img, (y, x, 0), (size, size, c)))(ys, xs)
+
+
+def _phase1_draws(setup: Setup, key, lr):
+    """One Phase-1 batch from ONE uniform draw: crops x0 (B, c, c, C), timesteps t (B,),
+    noise eps (B, c, c, C) (Box-Muller) and, with augmentation, random flips/rotations.
+
+    One threefry stream instead of five: the step compiles ~30 % faster on XLA:CPU (measured
+    16.6 -> 10.6 s for the test preset; the repo's motion-kernel generator does the same).
+    """
+    B, cs, C = setup.p1_batch, setup.p1_crop, setup.channels
+    n_eps = B * cs * cs * C
+    n_eps2 = n_eps + n_eps % 2
+    u = jax.random.uniform(key, (6 * B + n_eps2,), jnp.float32, minval=1e-7, maxval=1.0)
+    x0 = _crops_at(lr, u[:2 * B].reshape(2, B), cs)
+    if setup.p1_augment:
+        x0 = _dihedral_from(x0, u[3 * B:6 * B].reshape(3, B) < 0.5)
+    t = jnp.minimum(jnp.floor(u[2 * B:3 * B] * setup.T), setup.T - 1).astype(jnp.int32)
+    uu = u[6 * B:].reshape(2, -1)
+    r = jnp.sqrt(-2.0 * jnp.log(uu[0]))
+    phi = 2.0 * jnp.pi * uu[1]
+    eps = jnp.concatenate([r * jnp.cos(phi), r * jnp.sin(phi)])[:n_eps].reshape(B, cs, cs, C)
+    return x0, t, eps
 
 
 def dihedral(x, key):
     """Each (s, s, C) crop of x (n, s, s, C) under a random one of the 8 flips/rotations."""
-    f = jax.random.bernoulli(key, 0.5, (3, x.shape[0]))
+    return _dihedral_from(x, jax.random.bernoulli(key, 0.5, (3, x.shape[0])))
 
+
+def _dihedral_from(x, f):
+    """x (n, s, s, C) with flags f (3, n): flip rows, flip columns, transpose."""
     def one(xi, a, b, c):
         xi = jnp.where(a, xi[::-1], xi)
         xi = jnp.where(b, xi[:, ::-1], xi)
@@ -327,12 +357,8 @@ def pd_loss(setup: Setup, params, x0, t, eps):
 
 def _p1_step(setup: Setup, state: State) -> tuple[State, dict]:
     st = dict(state)
-    key, k_crop, k_aug, k_t, k_eps = jax.random.split(st["key"], 5)
-    x0 = random_crops(st["lr"], k_crop, setup.p1_batch, setup.p1_crop)
-    if setup.p1_augment:
-        x0 = dihedral(x0, k_aug)
-    t = jax.random.randint(k_t, (setup.p1_batch,), 0, setup.T)
-    eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+    key, sub = jax.random.split(st["key"])
+    x0, t, eps = _phase1_draws(setup, sub, st["lr"])
     loss, g = jax.value_and_grad(lambda p: pd_loss(setup, p, x0, t, eps))(st["pd"])
     upd, st["opt"] = setup.p1_tx().update(g, st["opt"], st["pd"])
     st["pd"] = optax.apply_updates(st["pd"], upd)
