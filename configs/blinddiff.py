@@ -70,6 +70,10 @@ def _base() -> ml_collections.ConfigDict:
     c.net.predictor_strides = (1, 1, 1, 2, 1, 1)  # six 5x5 convs, the 4th with stride 2 [C]
     c.net.learned_var = True    # 6 output channels: eps + LEARNED_RANGE v [C] (report §1.2)
     c.net.remat = False         # jax.checkpoint per transformer block (memory for large images)
+    c.net.kernel_head_init = "torch"  # PyTorch default init of the estimator's head [C]; 'mean':
+    #   zero weights + bias = log(mean training kernel), the estimator starts at the best constant
+    #   guess [I] (Adam moves the 441 softmax logits ~lr per step: from uniform, the code's init
+    #   needs thousands of steps before the kernel estimate is even the mean kernel)
 
     # ---------------- diffusion (report §1.2)
     c.diffusion = ml_collections.ConfigDict()
@@ -155,6 +159,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.net.ffn_expansion = 2.0
     c.net.predictor_width = 32
     c.net.predictor_strides = (1, 2, 1, 2)
+    c.net.kernel_head_init = "mean"
     c.diffusion.respace_train = 100
     c.diffusion.respace_sample = 100
     c.loss.kernel_weight = 1e4
@@ -177,12 +182,13 @@ def _test(c: ml_collections.ConfigDict) -> None:
     c.preset = "test"
     c.data_range = "-1,1"
     c.net.dim = 8
-    c.net.num_blocks = (1, 1)    # 2 levels: XLA:CPU compile time grows with the block count
-    c.net.num_refinement_blocks = 0
-    c.net.heads = (1, 1)
+    c.net.num_blocks = (0, 1)    # 2 levels, ONE transformer block (in the latent): XLA:CPU's
+    c.net.num_refinement_blocks = 0  # compile time grows with the block count (~20 s per block
+    c.net.heads = (1, 1)         # for forward + backward on 2 loaded cores)
     c.net.ffn_expansion = 2.0
     c.net.predictor_width = 16
     c.net.predictor_strides = (1, 2)
+    c.net.kernel_head_init = "mean"
     c.diffusion.respace_train = 20
     c.diffusion.respace_sample = 20
     c.loss.kernel_weight = 1e4
@@ -192,7 +198,7 @@ def _test(c: ml_collections.ConfigDict) -> None:
     c.data.batch = 4
     c.data.kernel.rate_iso = 1.0
     c.train.steps = 40
-    c.train.lr = 2e-3
+    c.train.lr = 5e-3
     c.train.lr_milestones = ()
     c.train.ema_decay = 0.9
     c.train.chunk = 10

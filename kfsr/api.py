@@ -14,7 +14,7 @@ import ml_collections
 from kfsr.methods.base import Result, get_method
 
 _CONFIG_MODULES = {"dkp": "dkp", "dkp_motion": "dkp_motion", "nonblind": "nonblind",
-                   "kernelfusion": "kernelfusion"}
+                   "kernelfusion": "kernelfusion", "blinddiff": "blinddiff"}
 
 
 def default_config(method: str, preset: str | None = None) -> ml_collections.ConfigDict:

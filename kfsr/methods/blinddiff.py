@@ -208,12 +208,28 @@ def validate(config) -> None:
 # --------------------------------------------------------------------------------------------
 # training (Algorithm 1): the Task for kfsr.train.supervised
 # --------------------------------------------------------------------------------------------
-def init_params(setup: Setup, key, hr_size: int):
-    """MCFormer parameters initialised on a (1, hr_size, hr_size, 3) input."""
+HEAD_INITS = ("torch", "mean")
+
+
+def init_params(setup: Setup, key, hr_size: int, head_bias=None):
+    """MCFormer parameters initialised on a (1, hr_size, hr_size, 3) input.
+
+    head_bias (K*K,) (kernel_head_init 'mean'): the kernel head's Dense gets zero weights and this
+    bias, so the initial estimate is softmax(head_bias) for every input (log of the training
+    family's mean kernel: the estimator starts at the best constant prediction and learns only
+    the input dependence; Adam moves the softmax logits by ~lr per step, so starting from a
+    uniform 441-way softmax costs thousands of steps on a CPU budget)."""
     s = setup.scale
     x = jnp.zeros((1, hr_size, hr_size, 3), jnp.float32)
     y = jnp.zeros((1, hr_size // s, hr_size // s, 3), jnp.float32)
-    return setup.net.init(key, x, jnp.zeros((1,), jnp.int32), y)
+    params = setup.net.init(key, x, jnp.zeros((1,), jnp.int32), y)
+    if head_bias is not None:
+        head = params["params"]["predictor"]["head"]
+        head = {"kernel": jnp.zeros_like(head["kernel"]),
+                "bias": jnp.asarray(head_bias, jnp.float32).reshape(head["bias"].shape)}
+        params = {**params, "params": {**params["params"], "predictor": {
+            **params["params"]["predictor"], "head": head}}}
+    return params
 
 
 def training_loss(setup: Setup, params, data: dict, keys) -> tuple[jax.Array, dict]:
@@ -252,7 +268,20 @@ def make_task(config):
     m = hr_multiple(setup)
     _req(crop % m == 0 and crop % setup.scale == 0,
          f"config.data.crop={crop}: must be a multiple of {m} and of the scale")
-    return Task(name="blinddiff", init=functools.partial(init_params, setup, hr_size=crop),
+    head_init = config.net.get("kernel_head_init", "torch")
+    _req(head_init in HEAD_INITS, f"config.net.kernel_head_init: one of {HEAD_INITS}, got {head_init!r}")
+    head_bias = None
+    if head_init == "mean":
+        from kfsr.train.supervised import KERNEL_FAMILIES
+
+        _req(config.data.kernel.family in KERNEL_FAMILIES,
+             f"config.data.kernel.family={config.data.kernel.family!r}: unknown")
+        family = KERNEL_FAMILIES[config.data.kernel.family](config.data.kernel, setup.kernel_size)
+        mean_k = family.mean_kernel(n=4096, seed=int(config.seed) + 1)
+        logk = np.log(np.maximum(mean_k, 1e-12)).ravel()
+        head_bias = tuple(float(v) for v in logk - logk.mean())
+    return Task(name="blinddiff",
+                init=functools.partial(init_params, setup, hr_size=crop, head_bias=head_bias),
                 loss=functools.partial(training_loss, setup), meta=setup.meta())
 
 

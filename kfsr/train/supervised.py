@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
 from kfsr import parallel
@@ -145,8 +146,8 @@ KERNEL_FAMILIES: dict[str, Callable] = {"gaussian": _gaussian_family}
 class HRImages:
     """HR training images from folders, kept in memory as uint8 (H, W, 3) arrays.
 
-    folders: paths, absolute or relative to `root` (default kfsr.data.SHARED_DATA, i.e.
-    ../shared/data); every image must be at least `min_size` on both sides (RGB; grey replicated)."""
+    folders: folders (or single image files), absolute or relative to `root` (default
+    kfsr.data.SHARED_DATA, i.e. ../shared/data); every image must be at least `min_size` on both sides (RGB; grey replicated)."""
 
     def __init__(self, folders, root: str | None = None, min_size: int = 1,
                  max_images: int | None = None):
@@ -157,8 +158,11 @@ class HRImages:
         paths = []
         for f in folders:
             d = f if os.path.isabs(f) else os.path.join(root, f)
+            if os.path.isfile(d):
+                paths.append(d)
+                continue
             if not os.path.isdir(d):
-                raise KfsrInputError(f"config.data.folders: {d} is not a directory")
+                raise KfsrInputError(f"config.data.folders: {d} is not a folder or an image file")
             found = io.list_images(d)
             if not found:
                 raise KfsrInputError(f"config.data.folders: no images in {d}")
@@ -294,7 +298,6 @@ class TrainSetup:
     tx: Any                 # optax GradientTransformation
     ema_decay: float
     spike_factor: float
-    steps: int
     num_devices: int
 
     @functools.cached_property
@@ -324,29 +327,59 @@ def get_task(config) -> Task:
     return module.make_task(config)
 
 
-def make_setup(config, *, pipeline: Pipeline | None = None, num_devices: int | None = None) -> TrainSetup:
-    """Validate the training fields of `config` and build the static description of a run."""
+def make_setup(config, *, pipeline: Pipeline | None = None, num_devices: int | None = None,
+               task: Task | None = None) -> TrainSetup:
+    """Validate the training fields of `config` and build the static description of a run
+    (task: default `get_task(config)`, the method's model)."""
     for section in ("data", "train"):
         if section not in config:
             raise KfsrInputError(f"config.{section}: missing (supervised training needs it)")
     tc = config.train
-    if int(tc.steps) < 0 or int(config.data.batch) < 1:
-        raise KfsrInputError("config.train.steps must be >= 0 and config.data.batch >= 1")
+    if int(tc.steps) < 0 or int(config.data.batch) < 1 or int(tc.chunk) < 1:
+        raise KfsrInputError("config.train.steps must be >= 0, train.chunk and data.batch >= 1")
     if not 0.0 <= float(tc.ema_decay) < 1.0:
         raise KfsrInputError(f"config.train.ema_decay: in [0, 1), got {tc.ema_decay}")
     pipeline = make_pipeline(config) if pipeline is None else pipeline
     n_dev = parallel.usable_devices(pipeline.batch_size, num_devices)
-    return TrainSetup(task=get_task(config), pipeline=pipeline, tx=make_optimizer(tc),
+    return TrainSetup(task=get_task(config) if task is None else task, pipeline=pipeline,
+                      tx=make_optimizer(tc),
                       ema_decay=float(tc.ema_decay), spike_factor=float(tc.spike_factor),
-                      steps=int(tc.steps), num_devices=n_dev)
+                      num_devices=n_dev)
+
+
+# Fields that do not change the compiled training step (run length, logging, sampling options).
+_RUN_ONLY = {"train": ("steps", "chunk", "checkpoint_every", "log_every"), "data": ("fixed",),
+             None: ("checkpoint", "guidance", "sample", "loop", "preset")}
+_SETUPS: dict = {}
+
+
+def cached_setup(config, num_devices: int | None = None) -> TrainSetup:
+    """`make_setup(config)`, reused for configs that differ only in run-length / logging /
+    sampling fields (so repeated or resumed runs in one process share the compiled step and the
+    loaded images). Keeps the 4 most recent setups."""
+    d = config.to_dict()
+    for section, fields in _RUN_ONLY.items():
+        node = d if section is None else d.get(section, {})
+        for f in fields:
+            node.pop(f, None)
+    key = (json.dumps(d, sort_keys=True, default=str), num_devices)
+    if key not in _SETUPS:
+        while len(_SETUPS) >= 4:
+            _SETUPS.pop(next(iter(_SETUPS)))
+        _SETUPS[key] = make_setup(config, num_devices=num_devices)
+    return _SETUPS[key]
 
 
 def init_state(setup: TrainSetup, key: jax.Array, *, fixed_batch: bool = False) -> dict:
     """dict(params, ema, opt, step, data_step, data_stride, last_loss, skipped, key).
 
-    data_step is the index of the next host draw; it advances by data_stride per step: 1 (fresh
-    data every step, data_step == step) or 0 with `fixed_batch` (every step sees the batch of
-    draw 0: overfitting checks run the same compiled step)."""
+    params: the model's pytree; ema and the optimiser state live on the flat parameter vector
+    (`jax.flatten_util.ravel_pytree` order; `ema_params(setup, state)` gives the EMA as a tree).
+
+    data_step is the index of the next host draw (and of the step's noise keys); it advances by
+    data_stride per step: 1 (fresh data every step, data_step == step) or 0 with `fixed_batch`
+    (every step sees draw 0 with the same timesteps and noise: overfitting checks run the same
+    compiled step)."""
     k_init, k_run = jax.random.split(key)
     return _init_jit(setup, k_init, k_run, jnp.int32(0 if fixed_batch else 1))
 
@@ -362,9 +395,9 @@ def init_key(key: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=0)
 def _init_jit(setup: TrainSetup, k_init, k_run, stride):
     params = setup.task.init(init_key(k_init))
+    flat = ravel_pytree(params)[0]
     zero = jnp.zeros((), jnp.int32)
-    return {"params": params, "ema": jax.tree.map(lambda p: p + 0.0, params),
-            "opt": setup.tx.init(params), "step": zero, "data_step": zero, "data_stride": stride,
+    return {"params": params, "ema": flat, "opt": setup.tx.init(flat), "step": zero, "data_step": zero, "data_stride": stride,
             "last_loss": jnp.full((), jnp.inf, jnp.float32), "skipped": zero, "key": k_run}
 
 
@@ -379,30 +412,41 @@ def _local_grads(setup: TrainSetup, params, hb, key_data):
 def train_step(setup: TrainSetup, state: dict, hb: dict):
     """One optimisation step on the host batch `hb` (numpy draw of this step); pure."""
     b = setup.pipeline.batch_size
-    key = jax.random.fold_in(state["key"], state["step"])
+    # keyed by the draw index: a fixed-batch run (data_stride 0) also repeats t and the noise
+    key = jax.random.fold_in(state["key"], state["data_step"])
     key_data = jax.random.key_data(jax.random.split(key, b))  # one key per example
     grads_fn = jax.shard_map(functools.partial(_local_grads, setup), mesh=setup.mesh,
                              in_specs=(P(), P("batch"), P("batch")),
                              out_specs=P(), check_vma=False)
     loss, metrics, grads = grads_fn(state["params"], hb, key_data)
-    updates, opt = setup.tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    # The update runs on flat vectors (one concatenation): per-leaf updates would be one small
+    # fused kernel per parameter array, and XLA:CPU's compile time grows with their number.
+    flat_p, unravel = ravel_pytree(state["params"])
+    flat_g = ravel_pytree(grads)[0]
+    updates, opt = setup.tx.update(flat_g, state["opt"], flat_p)
+    new_p = flat_p + updates
     d = setup.ema_decay
-    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)
-    accept = jnp.isfinite(loss)
+    new_e = d * state["ema"] + (1.0 - d) * new_p
+    gnorm = jnp.sqrt(jnp.sum(jnp.square(flat_g)))
+    accept = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     if setup.spike_factor > 0:
         accept = accept & (loss <= setup.spike_factor * state["last_loss"])
 
     def pick(new, old):
         return jax.tree.map(lambda a, o: jnp.where(accept, a, o), new, old)
 
-    new = dict(state, params=pick(params, state["params"]), ema=pick(ema, state["ema"]),
+    new = dict(state, params=unravel(jnp.where(accept, new_p, flat_p)),
+               ema=jnp.where(accept, new_e, state["ema"]),
                opt=pick(opt, state["opt"]), step=state["step"] + 1,
                data_step=state["data_step"] + state["data_stride"],
                last_loss=jnp.where(accept, loss, state["last_loss"]),
                skipped=state["skipped"] + (~accept).astype(jnp.int32))
-    gnorm = optax.global_norm(grads)
     return new, dict(metrics, loss=loss, grad_norm=gnorm, accepted=accept.astype(jnp.float32))
+
+
+def ema_params(state: dict):
+    """The EMA weights of a training state as a params tree."""
+    return ravel_pytree(state["params"])[1](state["ema"])
 
 
 def make_step(setup: TrainSetup) -> Callable:
@@ -478,17 +522,18 @@ def _write_json(path, obj):
 
 def train(config, workdir: str | None = None, *, progress: bool = True,
           num_devices: int | None = None, setup: TrainSetup | None = None,
-          log_every: int | None = None) -> TrainResult:
+          log_every: int | None = None, on_chunk: Callable | None = None) -> TrainResult:
     """Train `config.method`'s model for config.train.steps steps (resuming from `workdir`).
 
     workdir (optional): checkpoints/ (resume), model/ (EMA weights + meta, exported at every
-    checkpoint), config.json, history.json. `setup` reuses a built TrainSetup (and its compiled
-    step) across calls in one process.
+    checkpoint), config.json, history.json. `setup`: a TrainSetup to use (default
+    `cached_setup(config, num_devices)`, shared by configs that differ only in run length).
     """
     from kfsr.train import loop
 
-    setup = make_setup(config, num_devices=num_devices) if setup is None else setup
+    setup = cached_setup(config, num_devices) if setup is None else setup
     tc = config.train
+    steps = int(tc.steps)
     state = init_state(setup, jax.random.key(int(config.seed)),
                        fixed_batch=bool(config.data.get("fixed", False)))
     chunk = int(tc.chunk)
@@ -502,20 +547,22 @@ def train(config, workdir: str | None = None, *, progress: bool = True,
         _write_json(os.path.join(workdir, "config.json"), config.to_dict())
     t0 = time.time()
 
-    def on_chunk(done, st, history):
+    def after_chunk(done, st, history):
         n_chunk = -(-done // chunk)
-        if model_dir is not None and (n_chunk % ckpt_every == 0 or done == setup.steps):
-            export_model(model_dir, jax.device_get(st["ema"]), meta, done)
+        if model_dir is not None and (n_chunk % ckpt_every == 0 or done == steps):
+            export_model(model_dir, jax.device_get(ema_params(st)), meta, done)
             _write_json(os.path.join(workdir, "history.json"),
                         {"steps_done": done, "seconds_this_session": time.time() - t0,
                          "history": history})
+        if on_chunk is not None:
+            on_chunk(done, st, history)
 
     state, history = loop.run(
-        make_step_cached(setup), state, setup.steps, chunk=chunk, checkpoint_dir=ckpt_dir,
+        make_step_cached(setup), state, steps, chunk=chunk, checkpoint_dir=ckpt_dir,
         checkpoint_every=ckpt_every, loop=config.get("loop", {}).get("mode", "auto"),
         progress=progress, desc=f"train {setup.task.name}", log_every=log_every,
-        on_chunk=on_chunk)
-    return TrainResult(params=state["params"], ema=state["ema"], history=history, state=state)
+        on_chunk=after_chunk)
+    return TrainResult(params=state["params"], ema=ema_params(state), history=history, state=state)
 
 
 _STEPS: dict = {}
