@@ -31,7 +31,7 @@ import numpy as np
 import kfsr  # noqa: F401  (XLA flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion")
+METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp")
 
 
 def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
@@ -47,6 +47,8 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
         c = default_config("dkp", "paper")
     elif method == "dkp_motion":
         c = default_config("dkp_motion", preset)
+    elif method == "diff_dkp":
+        c = default_config("diff_dkp", preset)
     else:
         c = default_config("dkp", preset)
     c.scale = scale
@@ -165,7 +167,7 @@ def _case_env(out: str) -> dict:
     return env
 
 
-PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion")  # the methods --preset applies to
+PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion", "diff_dkp")  # the methods --preset applies to
 
 
 def _result_dir(method: str, preset: str | None) -> str:
@@ -395,7 +397,7 @@ def main(argv=None):
     p.add_argument("--kernels", default="gaussian",
                    help="comma list: gaussian,motion,l_shape,empty_square,filled_square; "
                         "'shapes' = the three synthetic shapes")
-    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, oracle_dip (default: cpu)")
+    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")

@@ -166,7 +166,9 @@ def _data_loss(use_ssim, a, b):
     return jnp.where(use_ssim, losses.ssim_loss(a, b), losses.mse(a, b))
 
 
-def _kp_update(setup: Setup, params, opt_state, grads, key):
+def kernel_net_update(setup, params, opt_state, grads, key):
+    """One kernel-net Adam step (+ the optional Eq. 13 Langevin noise). Pure; `setup` is anything
+    with `kp_tx` (optax transform) and `langevin_noise` (float) -- a dkp or diff_dkp Setup."""
     updates, opt_state = setup.kp_tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if setup.langevin_noise > 0:  # paper Eq. 13 disturbance (off in the released code)
@@ -178,8 +180,11 @@ def _kp_update(setup: Setup, params, opt_state, grads, key):
     return params, opt_state
 
 
-def _warmup(setup: Setup, kp, kp_opt, zk, key):
-    """pke.warmup_steps Adam steps on MSE(k_rand, k_theta), k_rand fresh prior draws (MC_warm_up)."""
+def warmup_kernel_net(setup, kp, kp_opt, zk, key):
+    """pke.warmup_steps Adam steps on MSE(k_rand, k_theta), k_rand fresh prior draws (MC_warm_up).
+
+    Pure; `setup` is anything with `warmup_steps`, `rks` (RKS), `kmlp` (KernelMLP) and `kp_tx`
+    (a dkp or diff_dkp Setup)."""
     def body(i, carry):
         params, opt = carry
         k_rand = setup.rks.sample(jax.random.fold_in(key, i))
@@ -220,7 +225,7 @@ def _init_state(setup: Setup, in_ch: int, lr, key, kernel=None) -> State:
     kp = setup.kmlp.init(k_kp, zk)
     kp_opt = setup.kp_tx.init(kp)
     if kernel is None:
-        kp, kp_opt = _warmup(setup, kp, kp_opt, zk, k_warm)
+        kp, kp_opt = warmup_kernel_net(setup, kp, kp_opt, zk, k_warm)
         k0 = setup.kmlp.apply(kp, zk)
     else:
         k0 = jnp.asarray(kernel, jnp.float32)
@@ -273,7 +278,7 @@ def _step(setup: Setup, state: State) -> tuple[State, dict]:
     if blind and setup.rks.num_samples > 0:
         ks, wts, st["chain"], m = setup.rks.step(st["chain"], k_rks, sr, y, kernel_of(kp))
         lp, g = jax.value_and_grad(lambda p: prior_loss(kernel_of(p), ks, wts))(kp)
-        kp, kp_opt = _kp_update(setup, kp, kp_opt, g, jax.random.fold_in(k_lang, 0))
+        kp, kp_opt = kernel_net_update(setup, kp, kp_opt, g, jax.random.fold_in(k_lang, 0))
         metrics.update(m)
         metrics["prior_loss"] = lp
 
@@ -323,7 +328,7 @@ def _step(setup: Setup, state: State) -> tuple[State, dict]:
 
             def apply_acc(args, i=i):
                 p, o, a = args
-                p, o = _kp_update(setup, p, o, a, jax.random.fold_in(k_lang, i + 1))
+                p, o = kernel_net_update(setup, p, o, a, jax.random.fold_in(k_lang, i + 1))
                 return p, o, jax.tree.map(jnp.zeros_like, a)
 
             kp, kp_opt, acc = jax.lax.cond(do, apply_acc, lambda args: args, (kp, kp_opt, acc))
