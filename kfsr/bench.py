@@ -31,7 +31,12 @@ import numpy as np
 import kfsr  # noqa: F401  (XLA flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp")
+METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
+           "kernelfusion", "kf_unet_only", "kf_one_unet_pass")
+# KernelFusion and its two ablations (issue 4): without the patch denoiser ("U-Net only") and with
+# the U-Net applied once (before the PD) instead of twice
+_KF_ABLATIONS = {"kernelfusion": {}, "kf_unet_only": {"use_pd": False},
+                 "kf_one_unet_pass": {"second_unet_pass": False}}
 
 
 def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
@@ -49,6 +54,10 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
         c = default_config("dkp_motion", preset)
     elif method == "diff_dkp":
         c = default_config("diff_dkp", preset)
+    elif method in _KF_ABLATIONS:
+        c = default_config("kernelfusion", preset)
+        for field, value in _KF_ABLATIONS[method].items():
+            c.phase2[field] = value
     else:
         c = default_config("dkp", preset)
     c.scale = scale
@@ -97,6 +106,22 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     return out, hr, kernel, curve
 
 
+def _kernel_psnr_any_size(k, k_gt) -> float:
+    """DKP's kernel PSNR; a method whose support differs from the ground truth's (KernelFusion's
+    13 / 31 vs DKP's 11 / 19) is compared after zero-padding the smaller kernel on both sides,
+    when the sizes differ by an even number (same centre); otherwise NaN (no unambiguous centre)."""
+    from kfsr import metrics
+
+    k, g = np.asarray(k, np.float64), np.asarray(k_gt, np.float64)
+    if k.shape != g.shape:
+        size = np.maximum(k.shape, g.shape)
+        if any((n - a) % 2 or (n - b) % 2 for n, a, b in zip(size, k.shape, g.shape)):
+            return float("nan")
+        k = np.pad(k, [((n - a) // 2,) * 2 for n, a in zip(size, k.shape)])
+        g = np.pad(g, [((n - b) // 2,) * 2 for n, b in zip(size, g.shape)])
+    return metrics.kernel_psnr(k, g)
+
+
 def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
     from kfsr import metrics
     from kfsr.degrade import Degradation
@@ -108,7 +133,7 @@ def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
     if kernel is not None:
         out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, Degradation.dkp(scale))
         if case.kernel is not None and not method.startswith("oracle"):
-            out["kernel_psnr"] = metrics.kernel_psnr(kernel, case.kernel)
+            out["kernel_psnr"] = _kernel_psnr_any_size(kernel, case.kernel)
             out["kernel_error"] = metrics.aligned_kernel_error(kernel, case.kernel)
     return {k: float(v) for k, v in out.items()}
 
@@ -167,7 +192,7 @@ def _case_env(out: str) -> dict:
     return env
 
 
-PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion", "diff_dkp")  # the methods --preset applies to
+PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion", "diff_dkp") + tuple(_KF_ABLATIONS)  # the methods --preset applies to
 
 
 def _result_dir(method: str, preset: str | None) -> str:
@@ -397,7 +422,7 @@ def main(argv=None):
     p.add_argument("--kernels", default="gaussian",
                    help="comma list: gaussian,motion,l_shape,empty_square,filled_square; "
                         "'shapes' = the three synthetic shapes")
-    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip (default: cpu)")
+    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip and the kernelfusion rows (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")
