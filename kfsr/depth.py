@@ -231,48 +231,51 @@ def _coords(hw):
     return r, c
 
 
-def _plane(key, hw):
+# Each generator maps a vector of uniforms u (the first _N_PARAMS entries are scalars, the rest
+# an (H, W) noise field) to a depth map, so one `jax.random.uniform` call draws everything: each
+# threefry call is a separate, slow-to-compile loop on XLA:CPU (kfsr/degrade/kernels.py).
+_N_PARAMS = 16
+
+
+def _plane(u, hw):
     r, c = _coords(hw)
-    u = jax.random.uniform(key, (3,), _F32)
     ang = 2 * jnp.pi * u[0]
     d = jnp.cos(ang) * (r - 0.5) + jnp.sin(ang) * (c - 0.5)
-    return normalise_depth(d) * (0.5 + 0.5 * u[1]) + 0.5 * u[2] * (1 - (0.5 + 0.5 * u[1]))
+    span = 0.5 + 0.5 * u[1]                                # depth range covered, in [0.5, 1]
+    return normalise_depth(d) * span + u[2] * (1.0 - span)
 
 
-def _ground(key, hw):
-    # Far at the top, near at the bottom, flat (far) above a random horizon.
+def _ground(u, hw):
+    # Far at the top, near at the bottom, flat (far) above a random horizon, slight roll.
     r, c = _coords(hw)
-    u = jax.random.uniform(key, (2,), _F32)
     horizon = 0.15 + 0.35 * u[0]
     tilt = (u[1] - 0.5) * 0.4
     rr = r + tilt * (c - 0.5)
-    d = jnp.clip((1.0 - rr) / (1.0 - horizon), 0.0, 1.0)
-    return d
+    return jnp.clip((1.0 - rr) / (1.0 - horizon), 0.0, 1.0)
 
 
-def _smooth(key, hw):
+def _smooth(u, hw):
     h, w = hw
-    k1, k2 = jax.random.split(key)
-    noise = jax.random.normal(k1, (h, w), _F32)
-    corr = 0.1 + 0.2 * jax.random.uniform(k2, (), _F32)   # correlation length, image fraction
+    # Zero-mean white noise (uniform; after low-pass filtering it is close to Gaussian).
+    noise = u[_N_PARAMS:].reshape(h, w) - 0.5
+    corr = 0.1 + 0.2 * u[0]                     # correlation length, fraction of the image size
     fyn = jnp.fft.fftfreq(h)[:, None]           # cycles / pixel
     fxn = jnp.fft.rfftfreq(w)[None, :]
-    sig_r, sig_c = corr * h, corr * w           # spatial std in pixels per axis
+    sig_r, sig_c = corr * h, corr * w           # spatial std of the Gaussian filter, pixels
     filt = jnp.exp(-2 * jnp.pi ** 2 * ((sig_r * fyn) ** 2 + (sig_c * fxn) ** 2))
     d = jnp.fft.irfft2(jnp.fft.rfft2(noise) * filt, s=(h, w))
     return normalise_depth(d)
 
 
-def _blobs(key, hw, n_blobs: int = 3):
-    kb, kp = jax.random.split(key)
-    base = _plane(kb, hw) * 0.5 + 0.5                      # background in the far half
+def _blobs(u, hw, n_blobs: int = 3):
+    base = _plane(u, hw) * 0.5 + 0.5                       # background in the far half
     r, c = _coords(hw)
-    u = jax.random.uniform(kp, (n_blobs, 4), _F32)
     d = base
     for i in range(n_blobs):
-        cy, cx, rad, near = u[i, 0], u[i, 1], 0.08 + 0.17 * u[i, 2], 0.4 * u[i, 3]
+        v = u[3 + 4 * i: 7 + 4 * i]
+        cy, cx, rad, near = v[0], v[1], 0.08 + 0.17 * v[2], 0.4 * v[3]
         bump = jnp.exp(-0.5 * ((r - cy) ** 2 + (c - cx) ** 2) / rad ** 2)
-        d = d * (1 - bump) + near * bump                  # an object at depth `near`
+        d = d * (1 - bump) + near * bump                   # an object at depth `near`
     return jnp.clip(d, 0.0, 1.0)
 
 
@@ -285,19 +288,22 @@ def synthetic_depth(key, hw, kind: str = "mixed"):
 
     kind: "plane" (a tilted plane with a random direction, range and offset), "ground" (a
     ground-plane ramp: near at the bottom, far above a random horizon, slight roll), "smooth" (a
-    Gaussian-filtered Gaussian random field, correlation length 10-30 % of the image, min-max
+    Gaussian-filtered white-noise field, correlation length 10-30 % of the image, min-max
     normalised), "blobs" (a far background plane with three near Gaussian "objects"), or "mixed"
     (one of the four, chosen by the key). Jittable with static hw and kind; vmappable over keys.
+    All randomness comes from one `jax.random.uniform` call.
     """
     hw = (int(hw[0]), int(hw[1]))
-    if kind == "mixed":
-        k_choice, k_draw = jax.random.split(key)
-        idx = jax.random.randint(k_choice, (), 0, 4)
-        branches = [lambda k, f=f: f(k, hw) for f in _SYNTH.values()]
-        return jax.lax.switch(idx, branches, k_draw)
-    if kind not in _SYNTH:
+    if kind != "mixed" and kind not in _SYNTH:
         raise KfsrInputError(f"synthetic_depth: unknown kind {kind!r}, expected {SYNTHETIC_KINDS}")
-    return _SYNTH[kind](key, hw)
+    n_noise = hw[0] * hw[1] if kind in ("mixed", "smooth") else 0
+    u = jax.random.uniform(key, (_N_PARAMS + 1 + n_noise,), _F32)
+    if kind == "mixed":
+        idx = jnp.minimum((u[_N_PARAMS] * 4).astype(jnp.int32), 3)
+        branches = [lambda v, f=f: f(v, hw) for f in _SYNTH.values()]
+        noise_and_params = jnp.concatenate([u[:_N_PARAMS], u[_N_PARAMS + 1:]])
+        return jax.lax.switch(idx, branches, noise_and_params)
+    return _SYNTH[kind](jnp.concatenate([u[:_N_PARAMS], u[_N_PARAMS + 1:]]), hw)
 
 
 @dataclasses.dataclass(frozen=True)
