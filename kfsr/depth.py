@@ -73,6 +73,11 @@ def resize_depth(depth, hw):
     hw = (int(hw[0]), int(hw[1]))
     if depth.shape == hw:
         return depth
+    return _resize_jit(depth, hw)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _resize_jit(depth, hw):
     return jax.image.resize(depth, hw, "linear", antialias=True)
 
 
@@ -296,6 +301,11 @@ def synthetic_depth(key, hw, kind: str = "mixed"):
     hw = (int(hw[0]), int(hw[1]))
     if kind != "mixed" and kind not in _SYNTH:
         raise KfsrInputError(f"synthetic_depth: unknown kind {kind!r}, expected {SYNTHETIC_KINDS}")
+    return _synthetic_jit(key, hw, kind)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _synthetic_jit(key, hw, kind):
     n_noise = hw[0] * hw[1] if kind in ("mixed", "smooth") else 0
     u = jax.random.uniform(key, (_N_PARAMS + 1 + n_noise,), _F32)
     if kind == "mixed":

@@ -173,8 +173,15 @@ def sv_blur(x, field, padding: str = "reflect", *, stride: int = 1, offset: int 
     hw_blur = blurred_shape(h, w, size, padding)
     hw_out = output_shape(h, w, size, padding, stride, offset)
     field = _field_on_grid(field, hw_blur, hw_out, stride, offset, "sv_blur")
-    xp = pad(x, size, padding)[offset:, offset:]
-    return _sv_blur_core(xp, field, int(stride), unroll).astype(x.dtype)
+    return _sv_blur_jit(x, field, padding, int(stride), int(offset), int(unroll))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _sv_blur_jit(x, field, padding, stride, offset, unroll):
+    # One program per (shapes, padding, stride, offset): eager callers do not compile the
+    # padding and slicing ops one by one (inlined when called under an outer jit).
+    xp = pad(x, field.shape[-1], padding)[offset:, offset:]
+    return _sv_blur_core(xp, field, stride, unroll).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +230,11 @@ def sv_blur_basis(x, basis, coeffs, padding: str = "reflect", *, stride: int = 1
     hw_blur = blurred_shape(h, w, size, padding)
     hw_out = output_shape(h, w, size, padding, stride, offset)
     coeffs = _coeffs_on_grid(coeffs, hw_blur, hw_out, stride, offset)
+    return _sv_blur_basis_jit(x, basis, coeffs, padding, int(stride), int(offset))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _sv_blur_basis_jit(x, basis, coeffs, padding, stride, offset):
     blurred = blur_many(x, basis.astype(x.dtype), padding)          # (R, H', W', C)
     blurred = blurred[:, offset::stride, offset::stride]             # (R, Ho, Wo, C)
     return jnp.einsum("rhwc,hwr->hwc", blurred, coeffs.astype(x.dtype),
@@ -266,7 +278,14 @@ def fit_pca_basis(kernels, rank: int, *, center: bool = True):
     if isinstance(rank, bool) or int(rank) != rank or not 1 <= rank <= rmax:
         raise KfsrInputError(
             f"fit_pca_basis: rank must be an integer in [1, {rmax}], got {rank!r}")
-    flat = kernels.reshape(-1, d)
+    basis, coeffs = _fit_pca_jit(kernels.reshape(-1, d), int(rank), bool(center))
+    return (basis.reshape(rank, size, size),
+            coeffs.reshape(kernels.shape[:-2] + (rank,)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fit_pca_jit(flat, rank, center):
+    d = flat.shape[-1]
     mean = jnp.mean(flat, axis=0) if center else jnp.zeros((d,), _F32)
     xc = flat - mean
     # Eigen-decomposition of the (K^2, K^2) scatter matrix: cheap for any number of kernels.
@@ -281,8 +300,7 @@ def fit_pca_basis(kernels, rank: int, *, center: bool = True):
         coeffs = jnp.concatenate([jnp.ones((flat.shape[0], 1), _F32), proj], axis=1)
     else:
         basis, coeffs = comps, proj
-    return (basis.reshape(rank, size, size),
-            coeffs.reshape(kernels.shape[:-2] + (rank,)))
+    return basis, coeffs
 
 
 def project_onto_basis(kernels, basis, *, center: bool = True):
@@ -451,22 +469,31 @@ def _blocks_to_pixels(block_values, hw, block):
 
 
 def block_field(key, hw, block: int, size: int, scale: int, *, lambda_min=None,
-                lambda_max=None, noise_level=0.0, convention: str = "aligned"):
+                lambda_max=None, noise_level=0.0, convention: str = "aligned",
+                recenter: str = "mean"):
     """MANet-style piecewise-constant field: an independent random anisotropic Gaussian
     (`kernels.anisotropic_gaussian`: variances ~ U[lambda_min, lambda_max], angle ~ U[0, pi)) per
     `block` x `block` block (MANet `sv_mode` 5 uses 40x40 HR blocks and the range
-    [0.175 s, 2.5 s]). Returns (H, W, K, K) for hw = (H, W)."""
+    [0.175 s, 2.5 s]). `recenter` as `kernels.gaussian_from_params` ("none" is much cheaper to
+    compile). Returns (H, W, K, K) for hw = (H, W)."""
     h, w = hw
     nbh, nbw = -(-h // block), -(-w // block)
     lo, hi = _default_range(scale, lambda_min, lambda_max)
-    keys = jax.random.split(key, nbh * nbw)
-    ks = jax.vmap(lambda k: _kernels.anisotropic_gaussian(
-        k, size, scale, lo, hi, noise_level, convention))(keys)
+    ks = _block_kernels(key, lo, hi, noise_level=float(noise_level), n=nbh * nbw, size=size,
+                        scale=scale, convention=convention, recenter=recenter)
     return _blocks_to_pixels(ks.reshape(nbh, nbw, size, size), hw, block)
 
 
+@functools.partial(jax.jit, static_argnames=("noise_level", "n", "size", "scale", "convention",
+                                             "recenter"))
+def _block_kernels(key, lo, hi, *, noise_level, n, size, scale, convention, recenter):
+    keys = jax.random.split(key, n)
+    return jax.vmap(lambda k: _kernels.anisotropic_gaussian(
+        k, size, scale, lo, hi, noise_level, convention, recenter=recenter))(keys)
+
+
 def manet_sv_field(mode: int, hw, size: int, scale: int, *, block: int = 40, key=None,
-                   convention: str = "aligned"):
+                   convention: str = "aligned", recenter: str = "mean"):
     """MANet's spatially variant test fields (`sv_mode`, blinddiff_ssr.md §3.5), per block.
 
     a = (2.5 - 0.175) s, b = 0.175 s (variances); r, c = block row / column fractions in [0, 1):
@@ -481,7 +508,7 @@ def manet_sv_field(mode: int, hw, size: int, scale: int, *, block: int = 40, key
         if key is None:
             raise KfsrInputError("manet_sv_field: mode 5 needs a key")
         return block_field(key, hw, block, size, scale, lambda_min=0.175 * scale,
-                           lambda_max=2.5 * scale, convention=convention)
+                           lambda_max=2.5 * scale, convention=convention, recenter=recenter)
     if mode not in (1, 2, 3, 4, 6):
         raise KfsrInputError(f"manet_sv_field: mode must be one of 1..6, got {mode!r}")
     nbh, nbw = -(-h // block), -(-w // block)
@@ -500,7 +527,7 @@ def manet_sv_field(mode: int, hw, size: int, scale: int, *, block: int = 40, key
     else:
         checker = (np.arange(nbh)[:, None] + np.arange(nbw)[None, :]) % 2
         l1, l2, th = full, 0 * r + b, np.where(checker == 0, math.pi / 4, 3 * math.pi / 4)
-    ks = gaussian_field(size, l1, l2, th, scale=scale, convention=convention)
+    ks = gaussian_field(size, l1, l2, th, scale=scale, convention=convention, recenter=recenter)
     return _blocks_to_pixels(ks, hw, block)
 
 
