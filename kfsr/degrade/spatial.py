@@ -453,6 +453,13 @@ def depth_gaussian_field(depth, size: int, scale: int, *, lambda_min=None, lambd
     if depth.ndim != 2:
         raise KfsrInputError(f"depth_gaussian_field: depth must be (H, W), got {depth.shape}")
     lo, hi = _default_range(scale, lambda_min, lambda_max)
+    return _depth_field_jit(depth, lo, hi, anisotropy, theta, size=size, scale=scale,
+                            focus=float(focus), convention=convention, recenter=recenter)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "scale", "focus", "convention", "recenter"))
+def _depth_field_jit(depth, lo, hi, anisotropy, theta, *, size, scale, focus, convention,
+                     recenter):
     g = depth_blur_amount(depth, focus)
     l1 = lo + (hi - lo) * g
     l2 = jnp.maximum(l1 * (1.0 - anisotropy * g), lo)
