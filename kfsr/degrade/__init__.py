@@ -14,6 +14,8 @@ from kfsr.degrade.ops import (_blur_direct_strided, _resolve_method, add_noise, 
                               blur_fft, blur_many, downsample, quantize)
 from kfsr.degrade.spec import Degradation
 from kfsr.errors import KfsrInputError
+from kfsr.degrade import spatial  # noqa: E402  (spatially variant blur, kfsr/degrade/spatial.py)
+from kfsr.degrade.spatial import degrade_spatial, sv_blur  # noqa: E402
 
 
 def degrade(hr, kernel, spec: Degradation, key=None):
@@ -53,4 +55,4 @@ def degrade(hr, kernel, spec: Degradation, key=None):
 
 
 __all__ = ["Degradation", "degrade", "blur", "blur_direct", "blur_fft", "blur_many", "downsample",
-           "add_noise", "quantize", "imresize", "kernels"]
+           "add_noise", "quantize", "imresize", "kernels", "spatial", "degrade_spatial", "sv_blur"]
