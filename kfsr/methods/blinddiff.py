@@ -18,7 +18,8 @@ Sampling (Algorithm 2 as implemented, report §1.4; one `kfsr.train.loop.run` st
     for i = n-1 .. 0:
         (eps_hat, v), k_hat = MCFormer(x, tau_i, y)                one forward, graph kept
         x0_hat = (x - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i)     not clipped
-        x'     = DDPM ancestral step from x0_hat with the learned-range variance
+        x'     = DDPM ancestral step from x0_hat with the learned-range variance (v clipped to
+                 [-1, 1] by default, sample.clip_learned_var; the code does not clip)
         E      = ||y - D(x0_hat * k_hat)||_2 + 0.1 ||x0_hat||_2     (norms, not squared)
         x      = x' - zeta * dE/dx                                  through x0_hat AND k_hat
     the kernel is re-estimated by the network at the next step from the corrected x.
@@ -30,7 +31,8 @@ variable is x = 2 img - 1 and the guidance weight is zeta * 2^2, which is the sa
 step as the code's zeta on [0, 1] data (dE/dx = dE/dimg / 2 and img moves by half of x).
 
 `run(config, lr, key, kernel=K)` is the same sampler with a known kernel ("oracle"): K replaces
-k_hat in the energy and (sample.oracle_kernel_in_model) in MCFormer's modulation.
+k_hat in the energy and (sample.oracle_kernel_in_model) in MCFormer's modulation. The choice is
+state (`use_kernel`), not structure: blind and oracle runs share one compiled reverse step.
 
 Images are [0, 1] at the API; the diffusion works in `config.data_range` ('0,1' as the code,
 '-1,1' kfsr's convention). The trained weights come from `config.checkpoint` (a training workdir
@@ -93,6 +95,7 @@ class Setup:
     guidance_kernel: str
     clip_denoised: bool
     oracle_in_model: bool
+    clip_learned_var: bool = True
 
     # -- data range ----------------------------------------------------------------------------
     @property
@@ -187,7 +190,8 @@ def make_setup(config) -> Setup:
         kernel_weight=float(lo.kernel_weight), zeta=float(g.zeta), energy=str(g.energy),
         x0_norm_weight=float(g.x0_norm_weight), guidance_kernel=str(g.kernel),
         clip_denoised=bool(config.sample.clip_denoised),
-        oracle_in_model=bool(config.sample.oracle_kernel_in_model))
+        oracle_in_model=bool(config.sample.oracle_kernel_in_model),
+        clip_learned_var=bool(config.sample.get("clip_learned_var", True)))
     try:
         setup.schedules("train"), setup.schedules("sample")
     except KfsrInputError as e:
@@ -345,8 +349,10 @@ def init(setup: Setup, params, y_img, key, *, kernel=None) -> State:
     """Sampling state for a padded LR image y_img (1, h, w, 3) in [0, 1].
 
     dict(params, y (model range), x (1, s h, s w, 3) ~ N(0, I), i (reverse steps done), key,
-    zeta (the balance weight, a traced scalar), x0 / kernel (latest x0_hat and k_hat), and
-    true_kernel (1, K*K) when a kernel is given)."""
+    zeta (the balance weight, a traced scalar), x0 / kernel (latest x0_hat and k_hat),
+    true_kernel (1, K*K) and use_kernel (bool): the given kernel, or a uniform placeholder and
+    False (blind). Both are always present, so the blind and the known-kernel sampler are one
+    compiled program."""
     k_x, k_run = jax.random.split(key)
     b, h, w, c = y_img.shape
     K2 = setup.kernel_size ** 2
@@ -355,8 +361,9 @@ def init(setup: Setup, params, y_img, key, *, kernel=None) -> State:
           "i": jnp.zeros((), jnp.int32), "key": k_run,
           "zeta": jnp.asarray(setup.zeta, jnp.float32),
           "x0": jnp.zeros_like(x), "kernel": jnp.full((b, K2), 1.0 / K2, jnp.float32)}
-    if kernel is not None:
-        st["true_kernel"] = jnp.broadcast_to(jnp.asarray(kernel, jnp.float32).reshape(1, K2), (b, K2))
+    given = jnp.full((1, K2), 1.0 / K2, jnp.float32) if kernel is None else kernel
+    st["true_kernel"] = jnp.broadcast_to(jnp.asarray(given, jnp.float32).reshape(1, K2), (b, K2))
+    st["use_kernel"] = jnp.asarray(kernel is not None)
     return st
 
 
@@ -372,9 +379,9 @@ def data_energy(setup: Setup, x0_img, y_img, kernel):
     return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(y_img - pred), axis=(1, 2, 3)), _TINY))
 
 
-def _energy(setup: Setup, y_model, given, x0, k_hat):
+def _energy(setup: Setup, y_model, given, use_given, x0, k_hat):
     img, y_img = setup.to_img(x0), setup.to_img(y_model)
-    k = given if given is not None else k_hat
+    k = k_hat if given is None else jnp.where(use_given, given, k_hat)
     r = data_energy(setup, img, y_img, None if setup.guidance_kernel == "none" else k)
     xn = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(img), axis=(1, 2, 3)), _TINY))
     if setup.energy == "norm":          # the code: ||r|| + 0.1 ||x0||
@@ -389,15 +396,21 @@ def _step(setup: Setup, state: State) -> tuple[State, dict]:
     sched, tmap = setup.schedules("sample")
     t = sched.num_steps - 1 - state["i"]
     key, sub = jax.random.split(state["key"])
-    given = state.get("true_kernel")
+    given, use = state.get("true_kernel"), state.get("use_kernel", True)
     in_model = given if (given is not None and setup.oracle_in_model) else None
     params, y = state["params"], state["y"]
 
     def model_fn(x, t_model):
-        return setup.net.apply(params, x, t_model, y, kernel=in_model)
+        out, k = setup.net.apply(params, x, t_model, y, kernel=in_model,
+                                 use_kernel=None if in_model is None else use)
+        if setup.learned_var and setup.clip_learned_var:
+            # v in [-1, 1]: the log-variance stays between the posterior's and beta's [I]
+            c = out.shape[-1] // 2
+            out = jnp.concatenate([out[..., :c], jnp.clip(out[..., c:], -1.0, 1.0)], axis=-1)
+        return out, k
 
     x, aux = guided_step_aux(
-        sched, sub, state["x"], t, model_fn, functools.partial(_energy, setup, y, given),
+        sched, sub, state["x"], t, model_fn, functools.partial(_energy, setup, y, given, use),
         state["zeta"] * setup.range_width ** 2, parameterization="eps", sampler="ddpm",
         clip=setup.clip_denoised, normalize=False, has_aux=True, timestep_map=tmap,
         learned_var=setup.learned_var)

@@ -25,7 +25,8 @@ in two places (report §1.8), and this module follows the CODE:
 Shapes: x_t (B, H, W, C) with H, W multiples of 2^(L-1) (8 for L = 4); t (B,) the ORIGINAL
 diffusion timestep (timestep_map applied, no rescaling); y (B, H/s, W/s, C) the LR image; all in
 the diffusion's data range (the method maps [0, 1] images to it). `kernel` (B, K*K) or (B, K, K),
-optional: replaces the estimate in the modulation (the "oracle" with a known kernel). Returns
+optional: replaces the estimate in the modulation (the "oracle" with a known kernel; with the
+traced bool `use_kernel` only where it is true, so blind and oracle runs share one program). Returns
 (out (B, H, W, out_channels), k (B, K*K)): out = eps (+ learned-variance channels v in [-1, 1]
 when out_channels = 2C, ADM's LEARNED_RANGE), k the estimated kernel (or the given one), row-major
 (K, K) flattening, applied by cross-correlation as every kfsr kernel.
@@ -280,7 +281,7 @@ class MCFormer(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x_t, t, y, kernel=None):
+    def __call__(self, x_t, t, y, kernel=None, use_kernel=None):
         levels = len(self.num_blocks)
         if levels < 2 or len(self.heads) != levels:
             raise ValueError("MCFormer: num_blocks and heads need the same number (>= 2) of levels")
@@ -296,7 +297,10 @@ class MCFormer(nn.Module):
         k = KernelPredictor(self.kernel_size, self.predictor_width, tuple(self.predictor_strides),
                             name="predictor")(inp)
         if kernel is not None:  # a known kernel replaces the estimate in the modulation
-            k = jnp.broadcast_to(jnp.asarray(kernel, k.dtype).reshape(-1, k.shape[-1]), k.shape)
+            given = jnp.broadcast_to(jnp.asarray(kernel, k.dtype).reshape(-1, k.shape[-1]), k.shape)
+            # use_kernel (traced bool scalar, optional): pick the given kernel or the estimate at
+            # run time, so one compiled program serves the blind and the known-kernel sampler
+            k = given if use_kernel is None else jnp.where(use_kernel, given, k)
         e_t = sinusoidal_embedding(jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,)), d)
         e_t = _dense(d, "t_mlp_out")(mish(_dense(4 * d, "t_mlp_in")(e_t)))
         e_k = _dense(d, "k_mlp_out")(mish(_dense(d, "k_mlp_in")(k)))

@@ -181,16 +181,22 @@ class HRImages:
         return len(self.images)
 
 
-def random_crops(images, rng: np.random.Generator, n: int, size: int, augment: bool) -> np.ndarray:
-    """n crops (n, size, size, 3) float32 in [0, 1]: image and position uniform, then (augment)
-    h-flip, v-flip, transpose each with probability 1/2 (the 8 dihedral transforms)."""
+def random_crops(images, rng: np.random.Generator, n: int, size: int, augment: bool,
+                 crop_at=None) -> np.ndarray:
+    """n crops (n, size, size, 3) float32 in [0, 1]: image and position uniform (or the fixed
+    (top, left) `crop_at`), then (augment) h-flip, v-flip, transpose each with probability 1/2
+    (the 8 dihedral transforms)."""
     out = np.empty((n, size, size, 3), np.float32)
     idx = rng.integers(0, len(images), size=n)
     flips = rng.random((n, 3)) < 0.5
+    pos = rng.random((n, 2))
     for i in range(n):
         img = images[idx[i]]
-        top = rng.integers(0, img.shape[0] - size + 1)
-        left = rng.integers(0, img.shape[1] - size + 1)
+        if crop_at is None:
+            top = int(pos[i, 0] * (img.shape[0] - size + 1))
+            left = int(pos[i, 1] * (img.shape[1] - size + 1))
+        else:
+            top, left = crop_at
         c = img[top:top + size, left:left + size]
         if augment:
             if flips[i, 0]:
@@ -221,11 +227,13 @@ class Pipeline:
     degradation: Any   # kfsr.degrade.Degradation
     noise_sigma: float
     quantize: bool
+    crop_at: tuple | None = None  # fixed (top, left) of every crop (kernel-only variation)
 
     def host(self, step) -> dict:
         step = int(np.asarray(step))
         rng = np.random.default_rng([self.seed, step])
-        hr = random_crops(self.images.images, rng, self.batch_size, self.crop, self.augment)
+        hr = random_crops(self.images.images, rng, self.batch_size, self.crop, self.augment,
+                          self.crop_at)
         return {"hr": hr, **self.family.draw(rng, self.batch_size)}
 
     @property
@@ -279,7 +287,14 @@ def make_pipeline(config, images: HRImages | None = None) -> Pipeline:
     if images is None:
         images = HRImages(tuple(d.folders), d.get("root", None), min_size=crop,
                           max_images=d.get("max_images", None))
-    return Pipeline(images=images, batch_size=int(d.batch), crop=crop,
+    crop_at = d.get("crop_at", None)
+    if crop_at is not None:
+        crop_at = (int(crop_at[0]), int(crop_at[1]))
+        for img, p in zip(images.images, images.paths):
+            if crop_at[0] + crop > img.shape[0] or crop_at[1] + crop > img.shape[1]:
+                raise KfsrInputError(f"config.data.crop_at={crop_at}: the {crop}x{crop} crop does "
+                                     f"not fit {p} ({img.shape[0]}x{img.shape[1]})")
+    return Pipeline(images=images, batch_size=int(d.batch), crop=crop, crop_at=crop_at,
                     augment=bool(d.augment), seed=int(config.seed),
                     family=KERNEL_FAMILIES[fam](d.kernel, int(config.kernel_size)),
                     degradation=spec, noise_sigma=float(d.get("noise_sigma", 0.0)),
