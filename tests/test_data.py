@@ -126,13 +126,15 @@ def test_bench_case_lock_skips_live_and_clears_stale(tmp_path):
 
 
 def test_bench_batches_same_size_images(tmp_path):
-    """--batch 2: DIP-DKP on two same-size images in ONE vmapped run (one subprocess)."""
+    """--batch 2: DIP-DKP on two same-size images in ONE vmapped run (one subprocess). The LR
+    size (24x24), config and overrides are those of tests/test_cli.py's folder batch, so the two
+    tests share one compiled program through the session's compilation cache."""
     out = str(tmp_path / "res")
-    args = ["--methods", "dkp", "--dataset", "set5", "--crop", "32", "--scale", "2", "--limit", "2",
+    args = ["--methods", "dkp", "--dataset", "set5", "--crop", "48", "--scale", "2", "--limit", "2",
             "--preset", "test", "--batch", "2", "--out", out, "--set", "schedule.outer_iters=2",
             "--set", "schedule.i_loop_x=1", "--set", "pke.warmup_steps=5"]
     bench.main(args)
-    rows = json.load(open(os.path.join(out, "set5_c32_x2_gaussian_s0", "results.json")))
+    rows = json.load(open(os.path.join(out, "set5_c48_x2_gaussian_s0", "results.json")))
     assert len(rows) == 2 and all(r["batch"] == 2 for r in rows)
     assert rows[0]["seconds"] == rows[1]["seconds"]  # the batch time shared out
     assert all(np.isfinite(r["psnr_y"]) and np.isfinite(r["kernel_error"]) for r in rows)
