@@ -196,7 +196,7 @@ def test_reference_run_fits_the_lr_image(problem, reference):
 
 
 # ------------------------------------------------------------------ config / interface
-def test_config_validation_and_external_prior_interface(problem, pd_dir):
+def test_config_validation_and_external_prior_interface(problem, pd_dir, reference):
     c = _config()
     c.sampler.init = "bogus"
     with pytest.raises(KfsrInputError, match="sampler.init"):
@@ -213,3 +213,10 @@ def test_config_validation_and_external_prior_interface(problem, pd_dir):
     assert setup.timesteps[-1] == c.sampler.t_start
     for p in ("paper", "cpu", "test"):
         dd.validate(dd_configs.get_config(p))
+    # the external path with the PD's own params reproduces the default-prior run
+    params, _ = dd.train_prior(_config(pd_dir), problem[2], None)
+    c.scale = SCALE
+    res = dd.run(c, problem[2], jax.random.key(SEED), progress=False, prior=ext, prior_params=params)
+    np.testing.assert_array_equal(np.asarray(res.kernel), reference[2])
+    with pytest.raises(KfsrInputError, match="prior_params"):
+        dd.run(c, problem[2], jax.random.key(SEED), progress=False, prior=ext)

@@ -157,8 +157,9 @@ def train_prior(config, lr, key, *, checkpoint_dir=None, progress=True):
     lr = jnp.asarray(lr, jnp.float32)
     setup = kf.make_setup(kc, channels=lr.shape[-1], lr_shape=lr.shape[:2])
     ckpt = config.get("pd_checkpoint", "")
-    if ckpt:
-        return kf.load_pd(os.fspath(ckpt), setup), []
+    if ckpt:  # host copies: restored arrays are committed to a device, which would make jit
+        #       trace the reverse step again on every run (committedness is in jit's cache key)
+        return jax.tree.map(np.asarray, kf.load_pd(os.fspath(ckpt), setup)), []
     params, hist = kf.train_pd(kc, lr, key, checkpoint_dir=checkpoint_dir, progress=progress)
     for d in (None if checkpoint_dir is None else os.path.join(checkpoint_dir, "pd"),
               config.get("pd_save", "")):
