@@ -37,7 +37,7 @@ def test_param_counts_and_output_shapes():
 
 S, K, HR = 2, 11, 32
 LR = HR // S
-N_TRAIN, N_EVAL, BATCH, STEPS = 64, 8, 4, 150
+N_TRAIN, N_EVAL, BATCH, STEPS = 64, 8, 4, 120
 # The test net: the tiny config narrowed further (nf 8, depth nf 8, SFT hidden 8; 37,169 params)
 # so that a training step costs ~65 ms of CPU; the layer structure is the full one.
 TEST_NET = dk.tiny_config(nf=8, nf_depth=8, sft_hidden=8)
@@ -72,7 +72,7 @@ def test_tiny_dkenet_learns_depth_dependent_field():
 
     net = dk.DKENet(**TEST_NET)
     params = dk.init_params(net, jax.random.PRNGKey(2), train[0][:1], train[1][:1])
-    tx = optax.adam(optax.cosine_decay_schedule(5e-3, STEPS))
+    tx = optax.adam(optax.cosine_decay_schedule(1e-2, STEPS))
     opt_state = tx.init(params)
 
     def l1(p, lr, d, f):
@@ -110,7 +110,8 @@ def test_tiny_dkenet_learns_depth_dependent_field():
     best_const = min(float(np.abs(f - np.median(f, 0)).sum((-2, -1)).mean()),
                      float(np.abs(f - f.mean(0)).sum((-2, -1)).mean()))
     print(f"best global kernel L1 {best_const:.4f}")
-    # Measured (150 steps, batch 4, jax 0.10.2 CPU): DKENet 0.075 vs the best global kernel
-    # 0.191 (ratio 0.39). The same net fed a constant depth stays at 0.20-0.24 (no better than
-    # the global kernel) after 200 steps: the margin comes from the depth input.
+    # Measured (120 steps, batch 4, Adam 1e-2 cosine-decayed, jax 0.10.2 CPU): DKENet 0.0605 vs
+    # the best global kernel 0.191 (ratio 0.32; 0.0605 again with other init / batch seeds).
+    # The same net fed a constant depth stays at 0.20-0.24 (no better than the global kernel)
+    # after 200 steps (Adam 5e-3): the margin comes from the depth input.
     assert eval_l1 < 0.5 * best_const, (eval_l1, best_const)
