@@ -46,10 +46,10 @@ def main():
         low = jax.jit(lambda x, c, s=s: sp.sv_blur_basis(x, basis, c, "reflect", stride=s))
         lgrad = jax.jit(jax.grad(lambda x, c, s=s: jnp.sum(sp.sv_blur_basis(
             x, basis, c, "reflect", stride=s) ** 2), (0, 1)))
-        print(f"{a.size}x{a.size}x3 K={a.k} stride {s}: dense fwd {_time(dense, x, field, reps=a.reps):.1f}"
-              f" grad {_time(dgrad, x, field, reps=a.reps):.1f} ms; rank-{a.rank} basis fwd "
-              f"{_time(low, x, coeffs, reps=a.reps):.1f} grad {_time(lgrad, x, coeffs, reps=a.reps):.1f} ms",
-              flush=True)
+        t = [_time(dense, x, field, reps=a.reps), _time(dgrad, x, field, reps=a.reps),
+             _time(low, x, coeffs, reps=a.reps), _time(lgrad, x, coeffs, reps=a.reps)]
+        print(f"{a.size}x{a.size}x3 K={a.k} stride {s}: dense fwd {t[0]:.1f} grad {t[1]:.1f} ms; "
+              f"rank-{a.rank} basis fwd {t[2]:.1f} grad {t[3]:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Spatially variant (SV) blur with per-pixel kernels, its low-rank (PCA) form, and SV kernel fields.
+"""Spatially variant (SV) blur with per-pixel kernels, its low-rank (PCA) form, SV kernel fields.
 
 Conventions (the same as `kfsr.degrade.ops`, docs/ARCHITECTURE.md):
   * images float32 `(H, W, C)` (or batched `(B, H, W, C)`), values in [0, 1];
@@ -7,9 +7,10 @@ Conventions (the same as `kfsr.degrade.ops`, docs/ARCHITECTURE.md):
 
         y[i, j, c] = sum_{m,n} field[i, j, m, n] * x_pad[o + s*i + m, o + s*j + n, c]
 
-    with `x_pad = ops.pad(x, K, padding)` (padding "circular" | "reflect" | "zero" | "valid"), stride
-    `s` and offset `o` (s = 1, o = 0 for a plain SV blur). With a constant field this is exactly
-    `ops.blur` followed by `ops.downsample(., s, o)`: the invariant forward model is the special case.
+    with `x_pad = ops.pad(x, K, padding)` (padding "circular" | "reflect" | "zero" | "valid"),
+    stride `s` and offset `o` (s = 1, o = 0 for a plain SV blur). With a constant field this is exactly
+    `ops.blur` followed by `ops.downsample(., s, o)`: the invariant forward model is a special
+    case.
     This is MANet's "filter-flow"/gather model (blinddiff_ssr.md §3.4): each output pixel reads its
     own kernel, so a field given at LR resolution describes `degrade_spatial` with stride sampling
     exactly and nothing is computed at the HR pixels that sampling drops.
@@ -320,7 +321,8 @@ def project_onto_basis(kernels, basis, *, center: bool = True):
     kernels, basis = jnp.asarray(kernels, _F32), jnp.asarray(basis, _F32)
     if basis.ndim != 3 or kernels.shape[-2:] != basis.shape[-2:]:
         raise KfsrInputError(
-            f"project_onto_basis: kernels {kernels.shape} and basis {basis.shape} must share (K, K)")
+            f"project_onto_basis: kernels {kernels.shape} and basis {basis.shape} must share "
+            f"(K, K)")
     if center:
         proj = jnp.einsum("...mn,rmn->...r", kernels - basis[0], basis[1:])
         return jnp.concatenate([jnp.ones(proj.shape[:-1] + (1,), _F32), proj], axis=-1)

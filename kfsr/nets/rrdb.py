@@ -10,7 +10,8 @@ stage-2 network (ESRGAN's RRDB with an SFT layer at the start of every block):
     sr    = PixelShuffle_s(Conv3x3(fea -> 3 s^2))         # PyTorch channel order
 
     RRDB_SFT(x, c) = x + 0.2 * RDB3(RDB2(RDB1(SFT(x, c))))
-    RDB(x)         = x + 0.2 * conv5([x, x1, x2, x3, x4]),  x_i = LReLU_0.2(conv_i([x, x1..x_{i-1}]))
+    RDB(x)         = x + 0.2 * conv5([x, x1, x2, x3, x4]),
+                     x_i = LReLU_0.2(conv_i([x, x1 .. x_{i-1}]))
                      (5 3x3 convs, growth gc; conv5 back to nf)
     SFT(x, c)      = x * sigmoid(mul(x, c)) + add(x, c)   (kfsr.nets.dkenet.SFT, hidden 32)
 
