@@ -89,7 +89,9 @@ class Setup:
     respace_sample: Any
     vb: bool
     kernel_weight: float
-    zeta: float
+    # the balance weight is sampling STATE (init's zeta): setups that differ only in zeta are
+    # equal, so they share the cached step function and its compiled program
+    zeta: float = dataclasses.field(compare=False)
     energy: str
     x0_norm_weight: float
     guidance_kernel: str
@@ -345,7 +347,7 @@ def pad_lr(setup: Setup, lr):
     return jnp.pad(lr, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-def init(setup: Setup, params, y_img, key, *, kernel=None) -> State:
+def init(setup: Setup, params, y_img, key, *, kernel=None, zeta=None) -> State:
     """Sampling state for a padded LR image y_img (1, h, w, 3) in [0, 1].
 
     dict(params, y (model range), x (1, s h, s w, 3) ~ N(0, I), i (reverse steps done), key,
@@ -359,7 +361,7 @@ def init(setup: Setup, params, y_img, key, *, kernel=None) -> State:
     x = normal(k_x, (b, h * setup.scale, w * setup.scale, c))
     st = {"params": params, "y": setup.to_model(jnp.asarray(y_img, jnp.float32)), "x": x,
           "i": jnp.zeros((), jnp.int32), "key": k_run,
-          "zeta": jnp.asarray(setup.zeta, jnp.float32),
+          "zeta": jnp.asarray(setup.zeta if zeta is None else zeta, jnp.float32),
           "x0": jnp.zeros_like(x), "kernel": jnp.full((b, K2), 1.0 / K2, jnp.float32)}
     given = jnp.full((1, K2), 1.0 / K2, jnp.float32) if kernel is None else kernel
     st["true_kernel"] = jnp.broadcast_to(jnp.asarray(given, jnp.float32).reshape(1, K2), (b, K2))
@@ -420,6 +422,11 @@ def _step(setup: Setup, state: State) -> tuple[State, dict]:
                  "grad_norm": aux["grad_norm"], "t": tmap[t].astype(jnp.float32)}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_jit(setup: Setup, params, y, key, kernel, zeta):
+    return init(setup, params, y, key, kernel=kernel, zeta=zeta)
+
+
 @functools.lru_cache(maxsize=32)
 def make_step(setup: Setup) -> Callable[[State], tuple[State, dict]]:
     """step_fn(state) -> (state, metrics), one function object per setup (the loop driver
@@ -468,7 +475,7 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None
         kernel = np.asarray(kern.normalize(kern.pad_to(jnp.asarray(kernel), setup.kernel_size)))
     key = jax.random.key(int(config.seed)) if key is None else key
     y = pad_lr(setup, jnp.asarray(np.repeat(lr, 3, axis=-1) if c == 1 else lr))[None]
-    state = jax.jit(functools.partial(init, setup))(params, y, key, kernel=kernel)
+    state = _init_jit(setup, params, y, key, kernel, jnp.float32(setup.zeta))
 
     on_chunk = None
     if monitor is not None:
