@@ -396,7 +396,12 @@ def init_state(setup: TrainSetup, key: jax.Array, *, fixed_batch: bool = False) 
     (every step sees draw 0 with the same timesteps and noise: overfitting checks run the same
     compiled step)."""
     k_init, k_run = jax.random.split(key)
-    return _init_jit(setup, k_init, k_run, jnp.int32(0 if fixed_batch else 1))
+    state = _init_jit(setup, k_init, k_run, jnp.int32(0 if fixed_batch else 1))
+    if setup.num_devices > 1:
+        # replicated on the mesh, as the step's outputs are: the first step then has the same
+        # input placement as the later ones (one compiled program instead of two)
+        state = jax.device_put(state, jax.sharding.NamedSharding(setup.mesh, P()))
+    return state
 
 
 def init_key(key: jax.Array) -> jax.Array:
