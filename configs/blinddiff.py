@@ -152,8 +152,12 @@ def _base() -> ml_collections.ConfigDict:
 def _cpu(c: ml_collections.ConfigDict) -> None:
     """Small MCFormer for 2 CPU cores, trained on BSD100 HR crops (kfsr's [-1, 1] data range).
 
-    Measured seconds per training step (filled in below from benchmarks run on the shared 2-core
-    machine; see the report of the BlindDiff issue).
+    NOT yet measured on a quiet machine. One attempt (2026-11-22, shared 2-core machine at load
+    average 9-10, nice 5): the training step compiled in 6 min 14 s and 50 steps took ~27 min
+    after it, so no model was exported (first export at step 200) and there are no SR figures
+    yet. Re-measure the step time before trusting the "about an hour" above:
+        nice -n 5 python -m kfsr.train.supervised --config=configs/blinddiff.py:cpu \
+            --workdir=results/blinddiff_cpu --config.train.log_every=50
     """
     c.preset = "cpu"
     c.data_range = "-1,1"
