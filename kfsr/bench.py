@@ -420,8 +420,9 @@ def main(argv=None):
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--crop", type=int, default=224, help="HR centre crop of the generated sets (c224)")
     p.add_argument("--kernels", default="gaussian",
-                   help="comma list: gaussian,motion,l_shape,empty_square,filled_square; "
-                        "'shapes' = the three synthetic shapes")
+                   help="comma list: gaussian,motion (random trajectories),usrnet_motion (USRNet's "
+                        "real motion kernels),l_shape,empty_square,filled_square; 'shapes' = the "
+                        "three synthetic shapes; 'blind' = KernelFusion's grid (all of them)")
     p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip and the kernelfusion rows (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -455,7 +456,9 @@ def main(argv=None):
     cmd = "python -m kfsr.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     families = []
     for f in a.kernels.split(","):
-        families += ["l_shape", "empty_square", "filled_square"] if f == "shapes" else [f]
+        families += {"shapes": ["l_shape", "empty_square", "filled_square"],
+                     "blind": ["gaussian", "usrnet_motion", "motion", "l_shape", "empty_square",
+                               "filled_square"]}.get(f, [f])
     for family in families:
         set_name, cases = load_cases(a.dataset, a.scale, family, a.seed, a.out, a.limit, a.crop)
         if a.images:

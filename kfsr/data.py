@@ -55,8 +55,20 @@ def make_kernel(family: str, key, scale: int, size: int) -> np.ndarray:
         return np.asarray(kernels.trajectory_motion(key, size, scale, convention="dkp"))
     if family in ("l_shape", "empty_square", "filled_square"):
         return np.asarray(kernels.shape_kernel(family, size, scale, convention="dkp"))
-    raise KfsrInputError(f"unknown kernel family {family!r} (gaussian, motion, l_shape, "
-                         "empty_square, filled_square)")
+    if family == "usrnet_motion":
+        # one of USRNet's six real motion-blur kernels (25x25, their own support), drawn by the
+        # key, its centre of mass moved to DKP's (K - s) / 2
+        name = USRNET_MOTION[int(jax.random.randint(key, (), 0, len(USRNET_MOTION)))]
+        k = kernels.load_kernel(os.path.join(SHARED_DATA, "kernels", name))
+        k = kernels.center(k, kernels.target_center(k.shape[0], scale, "dkp"))
+        return np.asarray(kernels.normalize(k))
+    raise KfsrInputError(f"unknown kernel family {family!r} (gaussian, motion, usrnet_motion, "
+                         "l_shape, empty_square, filled_square)")
+
+
+# the real motion-blur kernels among ../shared/data/kernels/usrnet_kNN.npy (k01-k04 are Gaussians)
+USRNET_MOTION = ("usrnet_k05.npy", "usrnet_k06.npy", "usrnet_k07.npy", "usrnet_k08.npy",
+                 "usrnet_k11.npy", "usrnet_k12.npy")
 
 
 def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "gaussian",
@@ -92,7 +104,8 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
         records.append({"name": stem, "source": os.path.relpath(path, SHARED_DATA)})
     io.write_json(manifest_path, {
         "protocol": f"c{crop}", "dataset": dataset, "scale": scale, "kernel_family": family,
-        "seed": seed, "kernel_size": size, "degradation": dataclasses.asdict(spec),
+        "seed": seed, "kernel_size": int(k.shape[0]) if records else size,
+        "degradation": dataclasses.asdict(spec),
         "kernel_centre": "dkp: centre of mass at (K - s) / 2", "quantised": "uint8",
         "images": records})
     return root

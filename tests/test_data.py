@@ -147,3 +147,23 @@ def test_bench_report_only_runs_nothing(tmp_path, monkeypatch):
     bench.main(["--methods", "bicubic", "--dataset", "set5_dkp", "--limit", "1", "--out", out,
                 "--report-only"])
     assert calls == [] and json.load(open(os.path.join(out, "set5_dkp", "results.json"))) == []
+
+
+def test_usrnet_motion_family_is_a_real_kernel_in_dkp_centring():
+    """The 'usrnet_motion' family: one of USRNet's six real motion kernels (chosen by the key),
+    25x25, sum 1, centre of mass at DKP's (K - s) / 2; kernel PSNR across sizes pads centrally."""
+    import jax
+
+    from kfsr.degrade import kernels
+
+    names = set()
+    for i in range(12):
+        k = data.make_kernel("usrnet_motion", jax.random.fold_in(jax.random.key(0), i), 4, 19)
+        assert k.shape == (25, 25) and abs(float(k.sum()) - 1) < 1e-5 and float(k.min()) >= 0
+        np.testing.assert_allclose(np.asarray(kernels.center_of_mass(k)), 10.5, atol=1e-3)
+        names.add(k.tobytes())
+    assert len(names) >= 3  # several different kernels are drawn
+    g = np.zeros((19, 19), np.float32)
+    g[9, 9] = 1.0
+    assert bench._kernel_psnr_any_size(np.pad(g, 3), g) == float("inf")
+    assert np.isnan(bench._kernel_psnr_any_size(np.pad(g, ((3, 4), (3, 4))), g))
