@@ -14,3 +14,23 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kfsr
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 import kfsr  # noqa: E402,F401  (sets XLA CPU flags before jax initialises)
+
+
+# Longest files first: the suite runs in two xdist workers with `--dist loadfile`, which hands out
+# whole files (two per worker at the start, then one per finished file) in collection order, so a
+# long file handed out last would run alone at the end.
+# (Order measured from `--durations`; files not listed keep their alphabetical order after these.)
+_LONGEST_FIRST = ("test_dkp.py", "test_notebooks.py", "test_cli.py", "test_parallel.py",
+                  "test_data.py", "test_kernelfusion.py", "test_dip.py", "test_diff_dkp.py",
+                  "test_blinddiff.py", "test_spatial.py", "test_rks.py", "test_supervised.py")
+
+
+def pytest_configure(config):
+    # keep that order: xdist would otherwise re-sort the files by their number of tests
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda it: rank.get(os.path.basename(str(it.path)), len(rank)))
