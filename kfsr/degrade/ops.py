@@ -73,11 +73,12 @@ def pad(x, size, padding):
     return jnp.pad(x, widths, mode=_NP_MODE[padding])
 
 
-def _out_hw(h, w, size, padding):
+def _out_hw(h, w, size, padding, name="blur"):
+    """(h, w) of the stride-1 blur by a KxK kernel: unchanged, or (h-K+1, w-K+1) for "valid"."""
     if padding == "valid":
         if size > h or size > w:
             raise KfsrInputError(
-                f"blur: valid padding needs K <= H, W; got K={size}, image {h}x{w}")
+                f"{name}: valid padding needs K <= H, W; got K={size}, image {h}x{w}")
         return h - size + 1, w - size + 1
     return h, w
 

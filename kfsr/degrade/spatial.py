@@ -59,7 +59,7 @@ from jax import lax
 
 from kfsr.degrade import kernels as _kernels
 from kfsr.degrade.imresize import imresize
-from kfsr.degrade.ops import PADDINGS, add_noise, blur_many, pad
+from kfsr.degrade.ops import _check_padding, _out_hw, add_noise, blur_many, pad
 from kfsr.degrade.spec import Degradation
 from kfsr.errors import KfsrInputError
 
@@ -69,20 +69,10 @@ _F32 = jnp.float32
 # ----------------------------------------------------------------------------------------------
 # shapes and checks
 # ----------------------------------------------------------------------------------------------
-def _check_padding(padding, name):
-    if padding not in PADDINGS:
-        raise KfsrInputError(f"{name}: unknown padding {padding!r}, expected one of {PADDINGS}")
-
-
 def blurred_shape(h: int, w: int, size: int, padding: str) -> tuple[int, int]:
     """Spatial shape of the stride-1 blur of an (h, w) image by size-K kernels: (h, w), or
-    (h-K+1, w-K+1) for padding="valid"."""
-    if padding == "valid":
-        if size > h or size > w:
-            raise KfsrInputError(
-                f"spatial blur: valid padding needs K <= H, W; got K={size}, image {h}x{w}")
-        return h - size + 1, w - size + 1
-    return h, w
+    (h-K+1, w-K+1) for padding="valid" (the invariant blur's rule, kfsr.degrade.ops)."""
+    return _out_hw(h, w, size, padding, name="spatial blur")
 
 
 def output_shape(h: int, w: int, size: int, padding: str, stride: int = 1,
