@@ -40,6 +40,8 @@ Paper-vs-code discrepancies (report §1.8) and how this config decides each:
 """
 import ml_collections
 
+from kfsr.presets import build
+
 PRESETS = ("paper", "cpu", "test")
 
 
@@ -221,12 +223,4 @@ def _test(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"configs/blinddiff.py: unknown preset {preset!r}; expected one of {PRESETS}")
-    c = _base()
-    if preset == "cpu":
-        _cpu(c)
-    elif preset == "test":
-        _test(c)
-    return c
+    return build("blinddiff.py", preset, PRESETS, _base, {"cpu": _cpu, "test": _test})

@@ -22,6 +22,8 @@ towards the true kernel, dkp.md §4.3) and its classifier guidance to ImageNet c
 """
 import ml_collections
 
+from kfsr.presets import build
+
 PRESETS = ("paper", "cpu", "test")
 
 
@@ -211,12 +213,4 @@ def _test(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"configs/diff_dkp.py: unknown preset {preset!r}; expected one of {PRESETS}")
-    c = _base()
-    if preset == "cpu":
-        _cpu(c)
-    elif preset == "test":
-        _test(c)
-    return c
+    return build("diff_dkp.py", preset, PRESETS, _base, {"cpu": _cpu, "test": _test})

@@ -19,6 +19,8 @@ Where the released code and the paper differ (dkp.md §10), this config follows 
 """
 import ml_collections
 
+from kfsr.presets import build
+
 PRESETS = ("paper", "cpu", "test")
 
 
@@ -146,12 +148,4 @@ def _test(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"configs/dkp.py: unknown preset {preset!r}; expected one of {PRESETS}")
-    c = _base()
-    if preset == "cpu":
-        _cpu(c)
-    elif preset == "test":
-        _test(c)
-    return c
+    return build("dkp.py", preset, PRESETS, _base, {"cpu": _cpu, "test": _test})

@@ -21,6 +21,8 @@ Presets
 """
 import ml_collections
 
+from kfsr.presets import build
+
 PRESETS = ("paper", "cpu", "test")
 
 
@@ -195,12 +197,4 @@ def _test(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"configs/kernelfusion.py: unknown preset {preset!r}; expected one of {PRESETS}")
-    c = _base()
-    if preset == "cpu":
-        _cpu(c)
-    elif preset == "test":
-        _test(c)
-    return c
+    return build("kernelfusion.py", preset, PRESETS, _base, {"cpu": _cpu, "test": _test})
