@@ -14,6 +14,24 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kfsr
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 import kfsr  # noqa: E402,F401  (sets XLA CPU flags before jax initialises)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def run_on_forced_devices():
+    """run(code, n) -> the finished subprocess: `python -c code` from the repo root, with
+    `n` forced XLA host devices (`--xla_force_host_platform_device_count`), output captured."""
+    import subprocess
+
+    def run(code: str, n: int, timeout: int = 600):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + f" --xla_force_host_platform_device_count={n}").strip()
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 # Longest files first: the suite runs in two xdist workers with `--dist loadfile`, which hands out

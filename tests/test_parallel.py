@@ -1,15 +1,10 @@
 """kfsr.parallel: a DIP-DKP batch sharded over 4 forced host devices equals the 1-device run."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
 from kfsr import parallel
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CHILD = r"""
 import json, os, sys
@@ -52,12 +47,8 @@ def test_usable_devices_divides_batch():
     assert parallel.usable_devices(2, None) == min(2, jax.device_count())
 
 
-def test_sharded_batch_on_4_devices_equals_single_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+def test_sharded_batch_on_4_devices_equals_single_device(run_on_forced_devices):
+    out = run_on_forced_devices(_CHILD, 4)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["devices"] == [0, 1, 2, 3]  # the result really lives on 4 devices

@@ -3,8 +3,6 @@ parallelism over 2 forced host devices and the loss-spike guard (with a small ke
 task, so the subprocess compiles in seconds)."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +12,6 @@ import pytest
 from configs import blinddiff as bd_configs
 from kfsr.degrade import Degradation, degrade, quantize
 from kfsr.train import supervised as sup
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**train):
@@ -144,14 +140,10 @@ print(json.dumps({"devices": [out[1]["devices"], out[2]["devices"]],
 """
 
 
-def test_data_parallel_two_devices_equals_one_and_spike_guard():
+def test_data_parallel_two_devices_equals_one_and_spike_guard(run_on_forced_devices):
     """The batch split over 2 forced host devices (shard_map + pmean) gives the 1-device run's
     losses and parameters up to float rounding; the spike guard skips an update."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    out = run_on_forced_devices(_CHILD, 2)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["devices"] == [1, 2]
