@@ -145,7 +145,7 @@ def test_dkp_stored_kernels_regenerated():
     out = np.asarray(gen(p))
     for n, m, k in zip(names, imgs, out):
         ref = np.load(os.path.join(DKP_SET, "kernels", n + ".npy"))
-        assert np.abs(k - ref).max() < 1e-7, (n, np.abs(k - ref).max())  # measured <= 4e-8
+        assert np.abs(k - ref).max() < 2e-7, (n, np.abs(k - ref).max())  # measured <= 4e-8 (-O2), 1.1e-7 (-O0)
         np.testing.assert_allclose(np.asarray(K.center_of_mass(k)), m["com"], atol=2e-5)
 
 
