@@ -38,6 +38,9 @@ _BATCH = flags.DEFINE_string("batch", "auto", "Folder input: optimise up to this
                              "images together (vmapped, sharded over devices); 'auto' = 1 on CPU "
                              "(measured faster one by one), 8 on GPU/TPU.")
 _RESUME = flags.DEFINE_bool("resume", True, "Resume from checkpoints in the output folder.")
+_KEEP = flags.DEFINE_bool("keep_checkpoints", False, "Keep an image's training checkpoints after "
+                          "its outputs are written (default: delete them; a KernelFusion run's "
+                          "trained patch denoiser is always kept in <output>/pd).")
 
 DEFAULT_INPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kfsr", "assets",
                              "chelsea_lr64.png")
@@ -68,7 +71,7 @@ def main(argv):
             return
         cli.run(config, input_path=_INPUT.value or DEFAULT_INPUT, output=_OUTPUT.value,
                 kernel_path=_KERNEL.value, gt=_GT.value, gt_kernel=_GT_KERNEL.value,
-                resume=_RESUME.value, batch=_BATCH.value)
+                resume=_RESUME.value, batch=_BATCH.value, keep_checkpoints=_KEEP.value)
     except (KfsrInputError, NonFiniteError) as e:
         logging.debug("full error", exc_info=True)
         _fail(str(e).strip().splitlines()[0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import time
 
 import jax
@@ -137,9 +138,26 @@ def _run_batches(config, pending: list[tuple[str, str]], output: str, batch: int
     return done
 
 
+def _drop_checkpoints(ckpt_dir: str, outdir: str) -> None:
+    """Delete a finished run's checkpoints (they only serve a resume). A trained KernelFusion
+    patch denoiser (`<ckpt_dir>/pd`, reusable with --config.pd_checkpoint) moves to `<outdir>/pd`."""
+    if not os.path.isdir(ckpt_dir):
+        return
+    pd = os.path.join(ckpt_dir, "pd")
+    if os.path.isdir(pd):
+        target = os.path.join(outdir, "pd")
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(pd, target)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
 def run(config, *, input_path, output, kernel_path=None, gt=None, gt_kernel=None, resume=True,
-        batch=1):
+        batch=1, keep_checkpoints=False):
     """Run config.method on an image or a folder of images; write one output folder per image.
+
+    Checkpoints (`<image output>/checkpoints`, `<output>/.batches`) are deleted once the image's
+    outputs are written, unless keep_checkpoints.
 
     batch: blind runs of a folder optimise up to this many same-size images together (one
     vmapped program, sharded over the visible devices; image b of a batch uses key
@@ -196,9 +214,13 @@ def run(config, *, input_path, output, kernel_path=None, gt=None, gt_kernel=None
         io.save_result(outdir, hr, k_est, m, config, inputs=protect)
         if result is not None and result.history:
             io.write_json(os.path.join(outdir, "history.json"), result.history)
+        if not keep_checkpoints:
+            _drop_checkpoints(os.path.join(outdir, "checkpoints"), outdir)
         summary.append(dict(image=stem, **m))
         shown = ", ".join(f"{k}={v:.4g}" for k, v in m.items())
         print(f"[{i + 1}/{len(paths)}] {stem}: wrote {outdir}  ({shown})")
+    if batched and not keep_checkpoints:  # every image of every batch is written by now
+        shutil.rmtree(os.path.join(output, ".batches"), ignore_errors=True)
     if len(paths) > 1:
         _write_summary(output, summary)
     return summary

@@ -62,7 +62,8 @@ def test_blind_folder_batches_same_size_images(tmp_path):
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "batch of 2 24x24 images: bird, head" in r.stdout, r.stdout
-    assert os.path.isdir(out / ".batches" / "bird+head")
+    # finished: the checkpoints that only served a resume are gone
+    assert not os.path.exists(out / ".batches") and not os.path.exists(out / "woman" / "checkpoints")
     hrs = {}
     for name, crop in (("bird", 24), ("head", 24), ("woman", 28)):
         hrs[name] = io.load_image(str(out / name / "hr.png"))
@@ -107,3 +108,16 @@ def test_bad_image_and_small_image(tmp_path):
 def test_dry_run_prints_resolved_config():
     r = _run("--config=configs/nonblind.py:tv", "--scale=2", "--dry-run")
     assert r.returncode == 0 and "scale: 2" in r.stdout and "solver: tv" in r.stdout, r.stdout
+
+
+def test_finished_run_drops_checkpoints_but_keeps_a_trained_pd(tmp_path):
+    from kfsr import cli
+
+    ck = tmp_path / "img" / "checkpoints"
+    (ck / "phase2" / "3").mkdir(parents=True)
+    (ck / "pd" / "0").mkdir(parents=True)
+    (ck / "pd" / "0" / "params").write_text("x")
+    cli._drop_checkpoints(str(ck), str(tmp_path / "img"))
+    assert not ck.exists()
+    assert (tmp_path / "img" / "pd" / "0" / "params").read_text() == "x"
+    cli._drop_checkpoints(str(ck), str(tmp_path / "img"))  # nothing to drop: no error
