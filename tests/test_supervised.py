@@ -86,6 +86,17 @@ def test_resume_is_bit_identical(tmp_path):
     assert [h["loss"] for h in ref.history] == [h["loss"] for h in res.history]
     assert int(res.state["step"]) == int(res.state["data_step"]) == 20
     assert os.path.isdir(tmp_path / "b" / "model")
+    # wall-clock budget (train.max_minutes): a budget that is already spent stops the run at the
+    # first checkpointed chunk (step 10), exported; the resumed run ends as the straight one
+    c.train.max_minutes = 1e-9
+    part = sup.train(c, str(tmp_path / "c"), progress=False)
+    assert part.budget_stop and len(part.history) == int(part.state["step"]) == 10
+    assert json.load(open(tmp_path / "c" / "history.json"))["steps_done"] == 10
+    c.train.max_minutes = 0.0
+    res_c = sup.train(c, str(tmp_path / "c"), progress=False)
+    assert not res_c.budget_stop
+    assert [h["loss"] for h in res_c.history] == [h["loss"] for h in ref.history]
+    assert np.array_equal(np.asarray(res_c.state["ema"]), np.asarray(ref.state["ema"]))
 
 
 _CHILD = r"""

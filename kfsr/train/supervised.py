@@ -137,7 +137,16 @@ def _gaussian_family(kc, size: int) -> GaussianFamily:
                           noise=float(kc.noise))
 
 
-KERNEL_FAMILIES: dict[str, Callable] = {"gaussian": _gaussian_family}
+def _depth_field_family(kc, size: int):
+    # SSR's depth-dependent spatially variant fields (kfsr/train/depth_fields.py): the family
+    # synthesises the LR image itself (`synthesize`, see Pipeline.device)
+    from kfsr.train import depth_fields
+
+    return depth_fields.from_config(kc, size)
+
+
+KERNEL_FAMILIES: dict[str, Callable] = {"gaussian": _gaussian_family,
+                                        "depth_field": _depth_field_family}
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,15 +254,22 @@ class Pipeline:
         """hb: a host batch (any leading size b); keys: (b,) per-example keys (AWGN only)."""
         from kfsr.degrade import degrade, quantize
 
-        k = self.family.build(hb)
-        lr = degrade(hb["hr"], k, self.degradation)
+        extra = {}
+        if hasattr(self.family, "synthesize"):
+            # a family with its own forward model (spatially variant fields): it returns lr,
+            # kernel and extra per-example data (e.g. depth), noise-free
+            extra = dict(self.family.synthesize(hb, self.degradation))
+            k, lr = extra.pop("kernel"), extra.pop("lr")
+        else:
+            k = self.family.build(hb)
+            lr = degrade(hb["hr"], k, self.degradation)
         if self.noise_sigma > 0:
             noise = jax.vmap(lambda kk: jax.random.normal(
                 jax.random.fold_in(kk, _NOISE_STREAM), lr.shape[1:], lr.dtype))(keys)
             lr = lr + self.noise_sigma * noise
         if self.quantize:
             lr = quantize(lr)
-        return {"hr": hb["hr"], "lr": lr, "kernel": k}
+        return {"hr": hb["hr"], "lr": lr, "kernel": k, **extra}
 
     def batch(self, step: int, key: jax.Array | None = None) -> dict:
         """The full batch of `step` (host + device), outside any training step."""
@@ -363,7 +379,8 @@ def make_setup(config, *, pipeline: Pipeline | None = None, num_devices: int | N
 
 
 # Fields that do not change the compiled training step (run length, logging, sampling options).
-_RUN_ONLY = {"train": ("steps", "chunk", "checkpoint_every", "log_every"), "data": ("fixed",),
+_RUN_ONLY = {"train": ("steps", "chunk", "checkpoint_every", "log_every", "max_minutes"),
+             "data": ("fixed",),
              None: ("checkpoint", "guidance", "sample", "loop", "preset")}
 _SETUPS: dict = {}
 
@@ -538,6 +555,15 @@ class TrainResult:
     ema: Any
     history: list
     state: Any
+    budget_stop: bool = False  # stopped by config.train.max_minutes before train.steps
+
+
+class _BudgetReached(Exception):
+    """Raised by the chunk callback to leave the loop after a checkpointed chunk."""
+
+    def __init__(self, state, history):
+        super().__init__("train.max_minutes reached")
+        self.state, self.history = state, history
 
 
 def _write_json(path, obj):
@@ -554,9 +580,18 @@ def train(config, workdir: str | None = None, *, progress: bool = True,
     workdir (optional): checkpoints/ (resume), model/ (EMA weights + meta, exported at every
     checkpoint), config.json, history.json. `setup`: a TrainSetup to use (default
     `cached_setup(config, num_devices)`, shared by configs that differ only in run length).
+
+    Wall-clock budget: with config.train.max_minutes > 0 the run stops after the first
+    checkpointed chunk (train.checkpoint_every) that ends at least max_minutes after this call
+    started (set-up and compilation included); that checkpoint and the exported model hold its
+    state, `budget_stop` is set, and running again with the same workdir resumes from it
+    (bit-identically: chunk boundaries do not depend on where a session stopped). The budget
+    counts this session only.
     """
     from kfsr.train import loop
 
+    t_start = time.time()
+    max_minutes = float(config.train.get("max_minutes", 0.0) or 0.0)
     setup = cached_setup(config, num_devices) if setup is None else setup
     tc = config.train
     steps = int(tc.steps)
@@ -575,20 +610,33 @@ def train(config, workdir: str | None = None, *, progress: bool = True,
 
     def after_chunk(done, st, history):
         n_chunk = -(-done // chunk)
-        if model_dir is not None and (n_chunk % ckpt_every == 0 or done == steps):
+        saved = n_chunk % ckpt_every == 0 or done == steps  # loop.run's checkpoint rule
+        if model_dir is not None and saved:
             export_model(model_dir, jax.device_get(ema_params(st)), meta, done)
             _write_json(os.path.join(workdir, "history.json"),
                         {"steps_done": done, "seconds_this_session": time.time() - t0,
                          "history": history})
         if on_chunk is not None:
             on_chunk(done, st, history)
+        if max_minutes > 0 and saved and done < steps and time.time() - t_start >= 60 * max_minutes:
+            raise _BudgetReached(st, history)  # st is not donated: the loop stops here
 
-    state, history = loop.run(
-        make_step_cached(setup), state, steps, chunk=chunk, checkpoint_dir=ckpt_dir,
-        checkpoint_every=ckpt_every, loop=config.get("loop", {}).get("mode", "auto"),
-        progress=progress, desc=f"train {setup.task.name}", log_every=log_every,
-        on_chunk=after_chunk)
-    return TrainResult(params=state["params"], ema=ema_params(state), history=history, state=state)
+    try:
+        state, history = loop.run(
+            make_step_cached(setup), state, steps, chunk=chunk, checkpoint_dir=ckpt_dir,
+            checkpoint_every=ckpt_every, loop=config.get("loop", {}).get("mode", "auto"),
+            progress=progress, desc=f"train {setup.task.name}", log_every=log_every,
+            on_chunk=after_chunk)
+        stopped = False
+    except _BudgetReached as b:
+        state, history, stopped = b.state, list(b.history), True
+        from absl import logging
+
+        logging.info("train %s: train.max_minutes=%g reached after %d of %d steps (%.1f min); "
+                     "run again with the same workdir to continue", setup.task.name, max_minutes,
+                     len(history), steps, (time.time() - t_start) / 60)
+    return TrainResult(params=state["params"], ema=ema_params(state), history=history, state=state,
+                       budget_stop=stopped)
 
 
 _STEPS: dict = {}
@@ -612,6 +660,7 @@ def main(argv):  # pragma: no cover - exercised by hand / the README command
     res = train(config, _WORKDIR.value, progress=True, log_every=int(config.train.get("log_every", 0)) or None)
     last = res.history[-1] if res.history else {}
     print(json.dumps({"workdir": _WORKDIR.value, "steps": len(res.history),
+                      "budget_stop": res.budget_stop,
                       "seconds": round(time.time() - t0, 1),
                       "last": {k: round(float(v), 6) for k, v in last.items()}}))
 
