@@ -15,7 +15,7 @@ from kfsr.methods.base import Result, get_method
 
 _CONFIG_MODULES = {"dkp": "dkp", "dkp_motion": "dkp_motion", "nonblind": "nonblind",
                    "kernelfusion": "kernelfusion", "blinddiff": "blinddiff",
-                   "diff_dkp": "diff_dkp"}
+                   "diff_dkp": "diff_dkp", "ssr": "ssr"}
 
 
 def default_config(method: str, preset: str | None = None) -> ml_collections.ConfigDict:

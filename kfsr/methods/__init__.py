@@ -1,2 +1,2 @@
 """Methods: each module registers its `run` with kfsr.methods.base.register."""
-from kfsr.methods import blinddiff, diff_dkp, dkp, kernelfusion, nonblind  # noqa: F401
+from kfsr.methods import blinddiff, diff_dkp, dkp, kernelfusion, nonblind, ssr  # noqa: F401
