@@ -408,10 +408,11 @@ def init_part(setup: Setup, part: str, key, lr_size: int | None = None, host: bo
 
 
 def param_template(setup: Setup, part: str):
-    """The params tree of `part` as ShapeDtypeStructs (no allocation)."""
-    m = setup.hr_multiple
-    return jax.eval_shape(lambda k: init_part(setup, part, k, lr_size=max(m, 8)),
-                          jax.random.key(0))
+    """The params tree of `part` as ShapeDtypeStructs (no allocation; one trace of the
+    module's init, whose shapes `init_part` reproduces)."""
+    net = {"dkenet": setup.dkenet, "rrdb": setup.rrdb, "denoiser": setup.denoiser}[part]
+    inputs = _example_inputs(setup, part, max(setup.hr_multiple, 8))
+    return jax.eval_shape(net.init, jax.random.PRNGKey(0), *inputs)
 
 
 def init_params(setup: Setup, seed: int = 0) -> dict:
