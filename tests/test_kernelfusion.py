@@ -308,3 +308,20 @@ def test_ablation_switches_change_the_graph(problem, phase2_start):
     assert not np.allclose(outs[(True, True)], x0, atol=1e-2)
     # second pass = identity at init (up to the range clip)
     assert np.allclose(outs[(True, True)], np.clip(outs[(True, False)], -0.999, 0.999), atol=1e-5)
+
+
+def test_unet_only_ablation_skips_phase1(problem):
+    """use_pd=False never calls the PD, so run() trains none (a million Phase-1 steps would not
+    finish) and its Phase 2 equals sample() given any PD."""
+    _, _, lr = problem
+    c = _config()
+    c.phase2.use_pd = False
+    c.phase2.t_start, c.phase2.n_iter_first = 0, 3  # one timestep, 3 inner steps
+    c.phase1.steps = 10**6
+    res = kf.run(c, lr, KEY, progress=False)
+    assert [r["phase"] for r in res.history] == [2.0] * 3
+    setup = kf.make_setup(c, 3, lr.shape[:2])
+    ones = jax.tree.map(jnp.ones_like, kf.unused_pd(setup))
+    hr, k, _, _ = kf.sample(c, lr, ones, jax.random.split(KEY)[1], progress=False)
+    np.testing.assert_array_equal(np.asarray(res.hr), np.asarray(hr))
+    np.testing.assert_array_equal(np.asarray(res.kernel), np.asarray(k))

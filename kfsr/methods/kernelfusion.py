@@ -423,6 +423,11 @@ def _pd_template(setup: Setup):
     return jax.eval_shape(lambda: setup.pd.init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32)))
 
 
+def unused_pd(setup: Setup):
+    """Zero PD params: the placeholder Phase 2 carries when `phase2.use_pd` is False."""
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), _pd_template(setup))
+
+
 def train_pd(config, lr, key, *, checkpoint_dir=None, progress=True, on_chunk=None):
     """Phase 1 on `lr` (h, w, C) in [0, 1] -> (PD params (EMA if config.phase1.use_ema), history)."""
     from kfsr.train import loop
@@ -596,7 +601,8 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=No
 
     `key` defaults to jax.random.key(config.seed); Phase 1 uses split(key)[0], Phase 2 split(key)[1]
     (so a run reusing a saved PD with the same key reproduces Phase 2 exactly). With
-    `config.pd_checkpoint` set, Phase 1 is skipped and that PD is loaded. `checkpoint_dir`: orbax
+    `config.pd_checkpoint` set, Phase 1 is skipped and that PD is loaded; with `phase2.use_pd`
+    False ("U-Net only") Phase 1 is skipped too (nothing uses the PD). `checkpoint_dir`: orbax
     checkpoints of both phases (resume) and the trained PD in `checkpoint_dir/pd`.
     `on_chunk(phase, step, state, history)` is called after every loop chunk ('phase1'/'phase2').
     History rows carry "phase" (1.0 or 2.0).
@@ -614,6 +620,9 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=No
     pd_ckpt = config.get("pd_checkpoint", None)
     if pd_ckpt:
         pd_params, h1 = load_pd(os.fspath(pd_ckpt), setup), []
+    elif not setup.use_pd:
+        # "U-Net only" never calls the PD: no Phase 1 (placeholder params, same Phase 2 keys)
+        pd_params, h1 = unused_pd(setup), []
     else:
         pd_params, h1 = train_pd(config, lr, k1, checkpoint_dir=checkpoint_dir, progress=progress,
                                  on_chunk=on_chunk)
