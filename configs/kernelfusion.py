@@ -93,6 +93,14 @@ def _base() -> ml_collections.ConfigDict:
     c.kernel.n_layers = 5          # [R]
     c.kernel.omega = 5.0           # [R] (SIREN's default 30 is too rough on a K grid)
     c.kernel.leak = 1e-4           # leaky-sigmoid floor [R]; kfsr form leak + (1-leak) sigmoid > 0
+    # Start of the SIREN kernel. 'siren': its random initialisation ([R]; through the sigmoid it is
+    # a near-uniform K x K box, a very wide blur). 'gaussian': first fit the SIREN to an isotropic
+    # Gaussian of std init_sigma HR px (None -> scale / 2) at the centroid loss's centre, with
+    # init_steps Adam steps at init_lr on the squared error (as DKP warms its kernel net up) [I].
+    c.kernel.init = "siren"
+    c.kernel.init_sigma = None
+    c.kernel.init_steps = 300
+    c.kernel.init_lr = 1e-3
 
     # ---------------- Phase 2: reverse diffusion at HR size + joint kernel estimation
     c.phase2 = ml_collections.ConfigDict()

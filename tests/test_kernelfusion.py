@@ -325,3 +325,21 @@ def test_unet_only_ablation_skips_phase1(problem):
     hr, k, _, _ = kf.sample(c, lr, ones, jax.random.split(KEY)[1], progress=False)
     np.testing.assert_array_equal(np.asarray(res.hr), np.asarray(hr))
     np.testing.assert_array_equal(np.asarray(res.kernel), np.asarray(k))
+
+
+def test_gaussian_kernel_init_starts_near_the_gaussian():
+    """kernel.init='gaussian' fits the SIREN to an isotropic Gaussian (std scale/2) before Phase 2;
+    the default SIREN start is a near-uniform box."""
+    c = _config()
+    c.kernel.init = "gaussian"
+    s = kf.make_setup(c)
+    kp = s.siren.init(jax.random.key(1))
+    fitted = s.siren.apply(compile0(functools.partial(kf.fit_siren_to_gaussian, s), kp)(kp))
+    var = s.kernel_init_sigma ** 2
+    g = kern.gaussian_from_params(K, var, var, 0.0, kern.target_center(K, SCALE, "aligned"))
+    box = s.siren.apply(kp)
+    err_fit, err_box = float(jnp.abs(fitted - g).max()), float(jnp.abs(box - g).max())
+    assert err_fit < 0.1 * float(g.max()) < err_box, (err_fit, err_box, float(g.max()))
+    c.kernel.init = "delta"
+    with pytest.raises(KfsrInputError, match="config.kernel.init"):
+        kf.make_setup(c)

@@ -70,6 +70,8 @@ from kfsr.nets.patch_denoiser import PatchDenoiser
 from kfsr.nets.siren import SirenKernel
 from kfsr.nets.unet import NORMS, OUTPUTS, UNet
 
+KERNEL_INITS = ("siren", "gaussian")
+
 State = dict
 
 XT_MODES = ("renoise", "posterior")
@@ -107,6 +109,10 @@ class Setup:
     pd: PatchDenoiser
     unet: UNet
     siren: SirenKernel
+    kernel_init: str
+    kernel_init_sigma: float
+    kernel_init_steps: int
+    kernel_init_lr: float
     # phase 1
     p1_steps: int
     p1_batch: int
@@ -223,6 +229,12 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
     _req(u.norm in NORMS, f"config.unet.norm: one of {NORMS}, got {u.norm!r}")
     _req(int(u.levels) >= 0 and int(u.base) >= 1, "config.unet.levels >= 0 and base >= 1 required")
     _req(int(kc.n_layers) >= 1 and int(kc.hidden) >= 1, "config.kernel.n_layers and hidden must be >= 1")
+    k_init = str(kc.get("init", "siren"))
+    _req(k_init in KERNEL_INITS, f"config.kernel.init: one of {KERNEL_INITS}, got {k_init!r}")
+    k_sigma = kc.get("init_sigma", None)
+    k_sigma = s / 2.0 if k_sigma is None else float(k_sigma)
+    _req(k_sigma > 0, f"config.kernel.init_sigma: must be > 0, got {k_sigma}")
+    _req(int(kc.get("init_steps", 0)) >= 0, "config.kernel.init_steps: must be >= 0")
     t_start, t_stride, t_end = int(p2.t_start), int(p2.t_stride), int(p2.t_end)
     _req(0 <= t_end <= t_start < T, f"config.phase2: need 0 <= t_end <= t_start < T={T}, "
          f"got t_start={t_start}, t_end={t_end}")
@@ -244,6 +256,8 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
                   output=str(u.output), res_scale=float(u.res_scale), norm=str(u.norm)),
         siren=SirenKernel(kernel_size=K, hidden=int(kc.hidden), n_layers=int(kc.n_layers),
                           omega=float(kc.omega), leak=float(kc.leak)),
+        kernel_init=k_init, kernel_init_sigma=k_sigma,
+        kernel_init_steps=int(kc.get("init_steps", 0)), kernel_init_lr=float(kc.get("init_lr", 1e-3)),
         p1_steps=int(p1.steps), p1_batch=int(p1.batch), p1_crop=crop, p1_lr=float(p1.lr),
         p1_lr_final_frac=float(p1.lr_final_frac), p1_grad_clip=float(p1.grad_clip),
         p1_ema_decay=float(p1.ema_decay), p1_ema_warmup=bool(p1.ema_warmup),
@@ -461,11 +475,31 @@ def init_phase2(config, lr, pd_params, key) -> State:
     return _jit_o0(_p2_init, setup, lr, pd_params, key)
 
 
+def fit_siren_to_gaussian(setup: Setup, kp):
+    """SIREN params fitted (kernel_init_steps Adam steps, squared error of the K*K-scaled kernel)
+    to an isotropic Gaussian of std kernel_init_sigma centred where the centroid loss puts it."""
+    K = setup.kernel_size
+    c = kern.target_center(K, setup.scale, "aligned")
+    var = setup.kernel_init_sigma ** 2
+    target = kern.gaussian_from_params(K, var, var, 0.0, c)
+    tx = optax.adam(setup.kernel_init_lr)
+
+    def body(_, carry):
+        p, o = carry
+        g = jax.grad(lambda q: jnp.sum((K * K * (setup.siren.apply(q) - target)) ** 2))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    return jax.lax.fori_loop(0, setup.kernel_init_steps, body, (kp, tx.init(kp)))[0]
+
+
 def _p2_init(setup: Setup, lr, pd_params, key) -> State:
     k_u, k_k, k_run, k_noise = jax.random.split(key, 4)
     x0 = bicubic_start(lr, setup.scale)
     unet = setup.unet.init(k_u, x0)
     kp = setup.siren.init(k_k)
+    if setup.kernel_init == "gaussian":
+        kp = fit_siren_to_gaussian(setup, kp)
     k0 = setup.siren.apply(kp)
     return {
         "unet": unet, "unet_opt": setup.p2_tx(setup.p2_lr).init(unet),
