@@ -242,14 +242,17 @@ def test_svkr_iterations_do_not_increase_the_lr_consistency_error():
 
 # ---------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
-def rrdb_training():
+def rrdb_training(tmp_path_factory):
     """RRDB-SFT (the `rrdb` part) trained 20 steps on one fixed batch of BSD100 crops degraded
-    with synthetic depth-dependent SV fields, through kfsr.train.supervised."""
+    with synthetic depth-dependent SV fields, through kfsr.train.supervised; its EMA weights
+    exported as `train` does with a workdir (without the training-state checkpoints)."""
     c = _config(part="rrdb")
     c.data.fixed = True
     setup = sup.make_setup(c)
     res = sup.train(c, None, progress=False, setup=setup)
-    return c, setup, res
+    workdir = str(tmp_path_factory.mktemp("ssr_rrdb"))
+    sup.export_model(f"{workdir}/{sup.MODEL_DIR}", jax.device_get(res.ema), setup.task.meta, 20)
+    return c, setup, res, workdir
 
 
 def test_depth_field_pipeline(rrdb_training):
@@ -257,7 +260,7 @@ def test_depth_field_pipeline(rrdb_training):
     quantise(degrade_spatial(hr, field)) and blur growing with depth (the family's law)."""
     from kfsr.degrade import quantize
 
-    c, setup, _ = rrdb_training
+    c, setup, _, _ = rrdb_training
     p = setup.pipeline
     batch = p.batch(0)
     hr, lr, field, depth = (np.asarray(batch[k]) for k in ("hr", "lr", "kernel", "depth"))
@@ -280,12 +283,26 @@ def test_depth_field_pipeline(rrdb_training):
 def test_rrdb_part_trains_through_supervised(rrdb_training):
     """The L1 of the last 5 of 20 steps on the fixed batch is at least 4x below the first
     step's (measured: 0.574 -> 0.090, 6.4x; 0.070 after 30 steps) and still falling."""
-    _, _, res = rrdb_training
+    _, _, res, _ = rrdb_training
     l1 = np.array([h["sr_l1"] for h in res.history])
     print(f"RRDB-SFT L1 {l1[0]:.4f} -> {l1[-5:].mean():.4f}")
     assert len(l1) == 20 and np.isfinite(l1).all()
     assert l1[-5:].mean() < l1[0] / 4, l1
     assert l1[-5:].mean() < l1[5:10].mean(), l1
+
+
+def test_exported_part_loads_into_the_method(rrdb_training):
+    """The exported EMA weights are what `load_params` gives the method; weights trained for
+    another configuration are refused with the field named."""
+    _, _, res, workdir = rrdb_training
+    c = _config()
+    c.checkpoints.rrdb = workdir
+    loaded = ssr.load_params(c, parts=("rrdb",))["rrdb"]
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(res.ema)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    c.pca.rank = 6
+    with pytest.raises(KfsrInputError, match="config.checkpoints.rrdb.*pca_rank"):
+        ssr.load_params(c, parts=("rrdb",))
 
 
 # ---------------------------------------------------------------------------------- method
