@@ -126,6 +126,8 @@ def _base() -> ml_collections.ConfigDict:
     c.train.chunk = 100          # steps between host syncs (progress, NaN check)
     c.train.checkpoint_every = 50  # chunks between orbax checkpoints / model exports
     c.train.log_every = 1000
+    c.train.max_minutes = 0.0    # wall-clock budget of a session (0: none): stop after the first
+    #                              checkpointed chunk past it; resume with the same workdir
 
     # ---------------- sampling: Algorithm 2 as implemented (report §1.4)
     c.guidance = ml_collections.ConfigDict()
@@ -152,39 +154,48 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
-    """Small MCFormer for 2 CPU cores, trained on BSD100 HR crops (kfsr's [-1, 1] data range).
+    """Small MCFormer (791,461 parameters) for 2 CPU cores: 60 minutes of training on BSD100 HR
+    crops (kfsr's [-1, 1] data range), setting-2 (anisotropic) kernels, stopped by the wall-clock
+    budget train.max_minutes (resume: run the same command again; it continues to train.steps):
+        python -m kfsr.train.supervised --config=configs/blinddiff.py:cpu \
+            --workdir=results/blinddiff_cpu
 
-    NOT yet measured on a quiet machine. One attempt (2026-11-22, shared 2-core machine at load
-    average 9-10, nice 5): the training step compiled in 6 min 14 s and 50 steps took ~27 min
-    after it, so no model was exported (first export at step 200) and there are no SR figures
-    yet. Re-measure the step time before trusting the "about an hour" above:
-        nice -n 5 python -m kfsr.train.supervised --config=configs/blinddiff.py:cpu \
-            --workdir=results/blinddiff_cpu --config.train.log_every=50
+    Measured (2026-11-23, 2-core AMD EPYC shared with 2-3 other jobs, load average 6-8):
+      * the previous cpu preset (dim 16, blocks (1, 1, 2, 2) + 1 refinement block, predictor
+        width 32, 64x64 crops, batch 8; 1,153,470 parameters): init 52 s, compile 148 s,
+        5.6 s / step (8 steps). 60 minutes would have been ~600 steps. (An earlier attempt at
+        load 9-10, nice 5: compile 6 min 14 s, ~30 s / step.)
+      * this preset (blocks (1, 1, 1, 1), no refinement block, predictor width 16, 48x48 crops,
+        batch 8): set-up + init + compile ~3 min 15 s, then 2.2-2.8 s / step: see
+        results/blinddiff_cpu/history.json for the steps reached in the 60 minutes.
+    Sampling: 25 respaced steps (the model is trained on all 1000 timesteps, so any respacing
+    samples trained timesteps); s / image at 224x224 is in docs/BENCHMARKS.md.
     """
     c.preset = "cpu"
     c.data_range = "-1,1"
     c.net.dim = 16
-    c.net.num_blocks = (1, 1, 2, 2)
-    c.net.num_refinement_blocks = 1
+    c.net.num_blocks = (1, 1, 1, 1)
+    c.net.num_refinement_blocks = 0
     c.net.heads = (1, 1, 2, 4)
     c.net.ffn_expansion = 2.0
-    c.net.predictor_width = 32
+    c.net.predictor_width = 16
     c.net.predictor_strides = (1, 2, 1, 2)
     c.net.kernel_head_init = "mean"
-    c.diffusion.respace_train = 100
-    c.diffusion.respace_sample = 100
+    c.diffusion.respace_train = 1000   # every timestep: any sampling respacing sees trained t
+    c.diffusion.respace_sample = 25    # affordable sampling at 224x224 on 2 cores
     c.loss.kernel_weight = 1e4
     c.data.folders = ("BSD100/HR",)
-    c.data.crop = 64
+    c.data.crop = 48
     c.data.batch = 8
-    c.data.kernel.rate_iso = 0.5
-    c.train.steps = 3000
-    c.train.lr = 2e-4
+    c.data.kernel.rate_iso = 0.0       # setting 2 (anisotropic), the benchmark's family
+    c.train.steps = 4000               # an upper bound: train.max_minutes ends the session
+    c.train.max_minutes = 60.0
+    c.train.lr = 3e-4
     c.train.lr_milestones = ()
     c.train.ema_decay = 0.995
-    c.train.chunk = 50
-    c.train.checkpoint_every = 4
-    c.train.log_every = 200
+    c.train.chunk = 25
+    c.train.checkpoint_every = 1
+    c.train.log_every = 25
 
 
 def _test(c: ml_collections.ConfigDict) -> None:

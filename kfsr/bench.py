@@ -32,11 +32,18 @@ import kfsr  # noqa: F401  (XLA flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
-           "kernelfusion", "kf_unet_only", "kf_one_unet_pass")
+           "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "blinddiff", "blinddiff_oracle")
 # KernelFusion and its two ablations (issue 4): without the patch denoiser ("U-Net only") and with
 # the U-Net applied once (before the PD) instead of twice
 _KF_ABLATIONS = {"kernelfusion": {}, "kf_unet_only": {"use_pd": False},
                  "kf_one_unet_pass": {"second_unet_pass": False}}
+# BlindDiff (trained MCFormer from --checkpoint) and the same sampler given the true kernel
+BLINDDIFF_METHODS = ("blinddiff", "blinddiff_oracle")
+
+
+def _given_kernel(method: str) -> bool:
+    """Methods that receive the ground-truth kernel (non-blind references)."""
+    return method.startswith("oracle") or method == "blinddiff_oracle"
 
 
 def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
@@ -58,6 +65,8 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
         c = default_config("kernelfusion", preset)
         for field, value in _KF_ABLATIONS[method].items():
             c.phase2[field] = value
+    elif method in BLINDDIFF_METHODS:
+        c = default_config("blinddiff", preset)
     else:
         c = default_config("dkp", preset)
     c.scale = scale
@@ -95,7 +104,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
                 curve.append([int(step), float(metrics.psnr_y(np.clip(hr_now, 0, 1), case.hr, scale=scale))])
 
             kw["monitor"] = monitor
-        if method.startswith("oracle"):
+        if _given_kernel(method):
             if case.kernel is None:
                 raise ValueError(f"{case.name}: the oracle needs the ground-truth kernel")
             kw["kernel"] = case.kernel
@@ -131,8 +140,10 @@ def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
         out["psnr_y"] = metrics.psnr_y(hr, case.hr, scale=scale)
         out["ssim_y"] = metrics.ssim_y(hr, case.hr, scale=scale)
     if kernel is not None:
-        out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, Degradation.dkp(scale))
-        if case.kernel is not None and not method.startswith("oracle"):
+        # LR consistency under the method's own forward model (BlindDiff: blur + bicubic)
+        spec = Degradation.blinddiff(scale) if method in BLINDDIFF_METHODS else Degradation.dkp(scale)
+        out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, spec)
+        if case.kernel is not None and not _given_kernel(method):
             out["kernel_psnr"] = _kernel_psnr_any_size(kernel, case.kernel)
             out["kernel_error"] = metrics.aligned_kernel_error(kernel, case.kernel)
     return {k: float(v) for k, v in out.items()}
@@ -192,7 +203,8 @@ def _case_env(out: str) -> dict:
     return env
 
 
-PRESET_METHODS = ("oracle_dip", "dkp", "dkp_motion", "diff_dkp") + tuple(_KF_ABLATIONS)  # the methods --preset applies to
+PRESET_METHODS = (("oracle_dip", "dkp", "dkp_motion", "diff_dkp") + tuple(_KF_ABLATIONS)
+                  + BLINDDIFF_METHODS)  # the methods --preset applies to
 
 
 def _result_dir(method: str, preset: str | None) -> str:
@@ -203,7 +215,7 @@ def _result_dir(method: str, preset: str | None) -> str:
 def _groups(method: str, todo: list, batch: int) -> list[list]:
     """Cases to run together: same-size LR images of a blind method with a batched `run`
     (--batch > 1), else one case per group."""
-    if batch < 2 or method in ("bicubic",) or method.startswith("oracle"):
+    if batch < 2 or method in ("bicubic",) or _given_kernel(method):
         return [[t] for t in todo]
     from kfsr.methods.base import get_batch_method
 
@@ -422,8 +434,14 @@ def main(argv=None):
     p.add_argument("--kernels", default="gaussian",
                    help="comma list: gaussian,motion (random trajectories),usrnet_motion (USRNet's "
                         "real motion kernels),l_shape,empty_square,filled_square; 'shapes' = the "
-                        "three synthetic shapes; 'blind' = KernelFusion's grid (all of them)")
-    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip and the kernelfusion rows (default: cpu)")
+                        "three synthetic shapes; 'blind' = KernelFusion's grid (all of them); "
+                        "aniso_gaussian (BlindDiff's setting-2 kernels, blur + bicubic "
+                        "downsampling: kfsr.data.BICUBIC_FAMILIES)")
+    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip, the kernelfusion and the blinddiff rows (default: cpu)")
+    p.add_argument("--checkpoint", default=None,
+                   help="blinddiff, blinddiff_oracle: the trained MCFormer (a `python -m "
+                        "kfsr.train.supervised` workdir or its model/ folder), e.g. "
+                        "results/blinddiff_cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")
@@ -447,6 +465,17 @@ def main(argv=None):
         if m not in METHODS:
             raise SystemExit(f"error: unknown method {m!r}; known: {', '.join(METHODS)}")
     overrides = dict(s.split("=", 1) for s in a.set)
+    bd_overrides = dict(overrides)
+    if any(m in BLINDDIFF_METHODS for m in methods) and not a.report_only:
+        ckpt = a.checkpoint or overrides.get("checkpoint")
+        if not ckpt:
+            raise SystemExit("error: blinddiff needs --checkpoint=DIR, a trained MCFormer (python -m "
+                             "kfsr.train.supervised --config=configs/blinddiff.py:cpu --workdir=DIR)")
+        if not os.path.isdir(os.path.join(ckpt, "model")) and not os.path.isdir(ckpt):
+            raise SystemExit(f"error: --checkpoint={ckpt}: no such folder (train a model with "
+                             "python -m kfsr.train.supervised --config=configs/blinddiff.py:cpu "
+                             f"--workdir={ckpt})")
+        bd_overrides["checkpoint"] = os.path.abspath(ckpt)
     subsets = {}
     for item in a.subset:
         m, _, imgs = item.partition(":")
@@ -486,7 +515,8 @@ def main(argv=None):
                     todo.append((c, res_path, lock))
                 mine[c.name] = res_path
             base_spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
-                             seed=a.seed, out=a.out, preset=a.preset, overrides=overrides)
+                             seed=a.seed, out=a.out, preset=a.preset,
+                             overrides=bd_overrides if m in BLINDDIFF_METHODS else overrides)
             for group in _groups(m, todo, a.batch):
                 names = [c.name for c, _, _ in group]
                 spec = dict(base_spec, images=names, results=[r for _, r, _ in group])

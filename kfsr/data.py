@@ -45,10 +45,40 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[t: t + size, l: l + size]
 
 
-def make_kernel(family: str, key, scale: int, size: int) -> np.ndarray:
-    """A benchmark kernel of `family` in DKP's centring convention (the DKP forward model)."""
+# Families with their own forward model (else the DKP one: circular padding, stride sampling):
+# aniso_gaussian = BlindDiff's setting-2 test kernels (report blinddiff_ssr.md §1.1): 21x21,
+# std sigma_x, sigma_y ~ U[0.6, 5] px, theta ~ U[-pi, pi], k <- k (1 + U(0, 0.25)) per entry,
+# centred at (K-1)/2, applied with reflect padding then MATLAB bicubic downsampling.
+BICUBIC_FAMILIES = {"aniso_gaussian": 21}
+
+
+def degradation_of(family: str, scale: int):
+    """The forward model a generated set of `family` is made with."""
+    from kfsr.degrade import Degradation
+
+    return Degradation.blinddiff(scale) if family in BICUBIC_FAMILIES else Degradation.dkp(scale)
+
+
+def aniso_gaussian_kernel(key, size: int = 21) -> np.ndarray:
+    """One BlindDiff setting-2 kernel (see BICUBIC_FAMILIES), drawn with a jax key."""
     from kfsr.degrade import kernels
 
+    u = np.asarray(jax.random.uniform(key, (3 + size * size,)), np.float64)
+    sx, sy = 0.6 + 4.4 * u[0], 0.6 + 4.4 * u[1]
+    theta = -np.pi + 2 * np.pi * u[2]
+    noise = 0.25 * u[3:].reshape(size, size)
+    c = (size - 1) / 2.0
+    return np.asarray(kernels.gaussian_from_params(size, sx ** 2, sy ** 2, theta, c,
+                                                   noise=noise.astype(np.float32), recenter="none"))
+
+
+def make_kernel(family: str, key, scale: int, size: int) -> np.ndarray:
+    """A benchmark kernel of `family` in DKP's centring convention (the DKP forward model), or
+    in its own (BICUBIC_FAMILIES)."""
+    from kfsr.degrade import kernels
+
+    if family == "aniso_gaussian":
+        return aniso_gaussian_kernel(key, size)
     if family == "gaussian":
         return np.asarray(kernels.dkp_test_kernel(key, scale))
     if family == "motion":
@@ -63,7 +93,7 @@ def make_kernel(family: str, key, scale: int, size: int) -> np.ndarray:
         k = kernels.center(k, kernels.target_center(k.shape[0], scale, "dkp"))
         return np.asarray(kernels.normalize(k))
     raise KfsrInputError(f"unknown kernel family {family!r} (gaussian, motion, usrnet_motion, "
-                         "l_shape, empty_square, filled_square)")
+                         "l_shape, empty_square, filled_square, aniso_gaussian)")
 
 
 # the real motion-blur kernels among ../shared/data/kernels/usrnet_kNN.npy (k01-k04 are Gaussians)
@@ -74,7 +104,7 @@ USRNET_MOTION = ("usrnet_k05.npy", "usrnet_k06.npy", "usrnet_k07.npy", "usrnet_k
 def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "gaussian",
               seed: int = 0, out_root: str = "results/data", limit: int | None = None) -> str:
     """Generate (or reuse) the cached protocol folder; returns its path."""
-    from kfsr.degrade import Degradation, degrade, kernels
+    from kfsr.degrade import degrade, kernels
 
     if dataset not in HR_SETS:
         raise KfsrInputError(f"unknown dataset {dataset!r}; known: {', '.join(HR_SETS)}")
@@ -88,8 +118,8 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
         with open(manifest_path) as f:
             if len(json.load(f)["images"]) >= len(paths):
                 return root
-    spec = Degradation.dkp(scale)
-    size = kernels.dkp_kernel_size(scale)
+    spec = degradation_of(family, scale)
+    size = BICUBIC_FAMILIES.get(family) or kernels.dkp_kernel_size(scale)
     records = []
     for idx, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -106,7 +136,8 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
         "protocol": f"c{crop}", "dataset": dataset, "scale": scale, "kernel_family": family,
         "seed": seed, "kernel_size": int(k.shape[0]) if records else size,
         "degradation": dataclasses.asdict(spec),
-        "kernel_centre": "dkp: centre of mass at (K - s) / 2", "quantised": "uint8",
+        "kernel_centre": ("(K - 1) / 2 (BlindDiff)" if family in BICUBIC_FAMILIES
+                          else "dkp: centre of mass at (K - s) / 2"), "quantised": "uint8",
         "images": records})
     return root
 

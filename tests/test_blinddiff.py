@@ -1,6 +1,7 @@
 """BlindDiff (kfsr.methods.blinddiff, kfsr.nets.mcformer): the official parameter count, layers
 against PyTorch, training of a tiny MCFormer (overfitting one batch; a kernel head that learns the
 kernel family's distribution), MAP sampling with the kernel-aware gradient, the checkpoint errors."""
+import json
 import os
 
 import jax
@@ -219,3 +220,37 @@ def test_missing_or_wrong_checkpoint_is_a_one_line_error(tmp_path, trained):
     with pytest.raises(KfsrInputError, match="dim=8") as e:
         run(c, lr, jax.random.key(0), progress=False)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------- benchmark
+def test_bench_rows_and_the_anisotropic_protocol(tmp_path, trained):
+    """kfsr.bench: the `aniso_gaussian` family is BlindDiff's setting 2 (21x21, std per axis in
+    [0.6, 5], centred at (K-1)/2) made with BlindDiff's forward model (reflect blur + bicubic);
+    `blinddiff_oracle` gets the true kernel and `blinddiff` is scored on its estimate (both with
+    LR consistency under the bicubic model); the blind rows need --checkpoint (a one-line exit)."""
+    from kfsr import bench, data
+    from kfsr.degrade import Degradation, degrade
+
+    root = data.build_set("set5", family="aniso_gaussian", seed=1, out_root=str(tmp_path), limit=1)
+    manifest = json.load(open(os.path.join(root, "manifest.json")))
+    assert manifest["degradation"]["sampling"] == "bicubic" and manifest["kernel_size"] == 21
+    case = data.load_set(root)[0]
+    k = case.kernel
+    assert k.shape == (21, 21) and abs(float(k.sum()) - 1) < 1e-5
+    grid = np.arange(21) - 10.0
+    assert abs(float((k.sum(1) * grid).sum())) < 0.5 and abs(float((k.sum(0) * grid).sum())) < 0.5
+    again = np.asarray(degrade(case.hr, k, Degradation.blinddiff(4)))
+    assert np.abs(again - case.lr).max() <= 0.5 / 255 + 1e-5        # uint8 rounding only
+    with pytest.raises(SystemExit, match="--checkpoint"):
+        bench.main(["--methods", "bicubic,blinddiff", "--dataset", "set5", "--out", str(tmp_path)])
+    # the rows on an 8x8 LR case with the tiny trained model (the sampler is already compiled)
+    c, workdir, _ = trained
+    d = sup.cached_setup(c).pipeline.batch(10_000)
+    small = data.Case(name="x", lr=np.asarray(d["lr"][0]), hr=np.asarray(d["hr"][0]),
+                      kernel=np.asarray(d["kernel"][0]))
+    ov = {"checkpoint": workdir}
+    orc, hr_o, k_o, _ = bench.run_case("blinddiff_oracle", small, 4, "test", 0, ov)
+    blind, _, k_b, _ = bench.run_case("blinddiff", small, 4, "test", 0, ov)
+    np.testing.assert_allclose(k_o, small.kernel, atol=1e-6)
+    assert "kernel_error" not in orc and "kernel_error" in blind and "kernel_psnr" in blind
+    assert hr_o.shape == (32, 32, 3) and np.isfinite(orc["psnr_y"]) and np.isfinite(blind["lr_psnr"])

@@ -484,7 +484,12 @@ def train_step(setup: TrainSetup, state: dict, hb: dict):
                data_step=state["data_step"] + state["data_stride"],
                last_loss=jnp.where(accept, loss, state["last_loss"]),
                skipped=state["skipped"] + (~accept).astype(jnp.int32))
-    return new, dict(metrics, loss=loss, grad_norm=gnorm, accepted=accept.astype(jnp.float32))
+    # A non-finite loss or gradient is a skipped update (accept above), not a failed run: the
+    # loop driver aborts on non-finite metrics, so they are reported as -1 (with accepted=0).
+    # Non-finite parameters still abort the run (the loop checks the state).
+    out = {k: jnp.where(jnp.isfinite(v), v, -1.0)
+           for k, v in dict(metrics, loss=loss, grad_norm=gnorm).items()}
+    return new, dict(out, accepted=accept.astype(jnp.float32))
 
 
 def ema_params(state: dict):
