@@ -21,9 +21,11 @@ methods/blinddiff_ssr.md §2 (reconstruction), paper = papers/001_ssr.txt. Tags:
 
 Presets
   paper  structure only, full sizes: DKENet nf 128 (3,059,705 params; MANet's estimator
-         1,810,361 without depth), RRDB-SFT nb 10 (8,086,256), a pixel-space SD-2-sized
-         AMF-conditioned UNet (parameter count in tests/test_ssr.py, by jax.eval_shape). Not
-         trained here: needs DF2K and GPUs.
+         1,810,361 without depth), RRDB-SFT nb 10 (8,086,256), a pixel-space AMF-conditioned
+         UNet with SD-2 widths and no attention: 812,296,835 params (UNet 620,750,723, LR
+         half-UNet 189,911,680, kernel / depth encoders 119,488 / 111,424, five AMFs
+         1,403,520; by jax.eval_shape in tests/test_ssr.py). Not trained here: needs DF2K and
+         GPUs.
   cpu    (default) x4, K 21, tiny networks for 2 CPU cores on BSD100 crops; NOT trained or
          timed yet (CPU was reserved for other jobs when this was written).
   test   x2, K 11, very tiny, for tests/test_ssr.py.
