@@ -57,6 +57,7 @@ Unspecified choices (report §2.8) and how this config decides each:
     (MANet's stage 3, fine-tuning R on predicted kernels, is not implemented).
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from kfsr.presets import build
 
@@ -76,9 +77,9 @@ def _base() -> ml_collections.ConfigDict:
     c.use_depth = True          # False: the depth-free ablation (MANet estimator, no depth encoder)
     c.part = "denoiser"         # what kfsr.train.supervised trains: dkenet | rrdb | denoiser
     c.checkpoints = ml_collections.ConfigDict()   # trained weights (training workdirs)
-    c.checkpoints.dkenet = None
-    c.checkpoints.rrdb = None
-    c.checkpoints.denoiser = None
+    c.checkpoints.dkenet = placeholder(str)   # None until set (placeholders: --config.* overrides)
+    c.checkpoints.rrdb = placeholder(str)
+    c.checkpoints.denoiser = placeholder(str)
 
     # ---------------- SVKR (paper §3.2, Algorithm 1; report §2.2)
     c.svkr = ml_collections.ConfigDict()
@@ -90,12 +91,12 @@ def _base() -> ml_collections.ConfigDict:
     # ---------------- depth (M): a kfsr.depth provider (MiDaS v3.1 in the paper [P])
     c.depth = ml_collections.ConfigDict()
     c.depth.source = "sharpness"  # user | constant | synthetic | sharpness | position
-    c.depth.path = None           # source 'user': .npy / greyscale image (larger = farther)
+    c.depth.path = placeholder(str)  # source 'user': .npy / greyscale image (larger = farther)
     c.depth.invert = False        # source 'user': flip near/far (MiDaS inverse depth)
     c.depth.value = 0.5           # source 'constant'
     c.depth.kind = "mixed"        # source 'synthetic'
     c.depth.seed = 0
-    c.depth.sigma = None          # proxies: smoothing scale (None: max(H, W) / 32)
+    c.depth.sigma = placeholder(float)  # proxies: smoothing scale (None: max(H, W) / 32)
     c.depth.normalise = "minmax"  # on the LR grid [I]
 
     # ---------------- networks
@@ -132,7 +133,7 @@ def _base() -> ml_collections.ConfigDict:
     c.diffusion.beta_start = 1e-4
     c.diffusion.beta_end = 0.02
     c.diffusion.prediction = "eps"    # eps | v
-    c.diffusion.respace_train = None  # None: all T steps
+    c.diffusion.respace_train = placeholder(int)  # None: all T steps
     c.diffusion.sampler = "ddim"      # ddim | ddpm
     c.diffusion.respace_sample = 50
     c.diffusion.eta = 0.0
@@ -140,9 +141,9 @@ def _base() -> ml_collections.ConfigDict:
 
     # ---------------- training data (kfsr/train/supervised.py + kfsr/train/depth_fields.py)
     c.data = ml_collections.ConfigDict()
-    c.data.root = None
+    c.data.root = placeholder(str)   # None: ../shared/data
     c.data.folders = ("DF2K/HR",)     # MANet's data [M]; SSR's training set unspecified
-    c.data.max_images = None
+    c.data.max_images = placeholder(int)
     c.data.crop = 192                 # MANet stage 1 [M]
     c.data.batch = 16                 # [M]
     c.data.augment = True
@@ -152,11 +153,11 @@ def _base() -> ml_collections.ConfigDict:
     c.data.kernel = ml_collections.ConfigDict()
     c.data.kernel.family = "depth_field"
     c.data.kernel.depth_kind = "mixed"   # kfsr.depth.synthetic_depth kinds
-    c.data.kernel.lambda_min = None      # None: [0.175 s, min(2.5 s, 10)] (MANet's range) [M]
-    c.data.kernel.lambda_max = None
+    c.data.kernel.lambda_min = placeholder(float)  # None: [0.175 s, min(2.5 s, 10)] [M]
+    c.data.kernel.lambda_max = placeholder(float)
     c.data.kernel.focus = 0.0            # blur grows with depth [I]
     c.data.kernel.anisotropy = (0.0, 0.6)
-    c.data.kernel.theta = None           # None: random orientation per crop
+    c.data.kernel.theta = placeholder(float)  # None: random orientation per crop
     c.data.kernel.recenter = "none"
 
     # ---------------- optimisation (MANet stage 1 [M]; SSR: unspecified)

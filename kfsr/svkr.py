@@ -123,7 +123,8 @@ def refine(lr, *, kernel_fn: Callable, sr_fn: Callable, init_sr: Callable,
 def depth_on_lr_grid(provider: Callable, image, lr_hw, *, normalise: str = "minmax",
                      key=None):
     """M for SVKR: `provider(image, key)` (a kfsr.depth provider) on an SR image (H, W, C),
-    resized to the LR grid lr_hw = (h, w) and normalised ("minmax" | "none"). -> (h, w) in [0, 1]."""
+    resized to the LR grid lr_hw = (h, w) and normalised ("minmax" | "none").
+    Returns (h, w) in [0, 1]."""
     if normalise not in ("minmax", "none"):
         raise KfsrInputError(f"depth normalise: 'minmax' or 'none', got {normalise!r}")
     d = jnp.asarray(provider(_clip01(jnp.asarray(image)), key), jnp.float32)

@@ -164,7 +164,8 @@ def normalise(x, norm: str, groups: int = 32, eps: float = 1e-5):
 class AMF(nn.Module):
     """Adaptive multi-modal fusion of one level (module docstring):
     (1 + gamma(z)) * Norm(f_lr) + beta(z), z = concat(aux), gamma / beta per-pixel MLPs with a
-    zero-initialised output layer. f_lr (B, H, W, C), aux: sequence of (B, H, W, C_i) -> (B, H, W, C).
+    zero-initialised output layer.
+    f_lr (B, H, W, C), aux: sequence of (B, H, W, C_i) -> (B, H, W, C).
     """
 
     hidden: int = 128

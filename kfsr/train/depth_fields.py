@@ -99,7 +99,8 @@ def from_config(kc, size: int) -> DepthFieldFamily:
 
     kind = str(kc.get("depth_kind", "mixed"))
     if kind not in SYNTHETIC_KINDS:
-        raise KfsrInputError(f"config.data.kernel.depth_kind: one of {SYNTHETIC_KINDS}, got {kind!r}")
+        raise KfsrInputError(
+            f"config.data.kernel.depth_kind: one of {SYNTHETIC_KINDS}, got {kind!r}")
     an = tuple(float(v) for v in kc.get("anisotropy", (0.0, 0.6)))
     if len(an) != 2 or not 0.0 <= an[0] <= an[1] < 1.0:
         raise KfsrInputError(f"config.data.kernel.anisotropy: (lo, hi) with 0 <= lo <= hi < 1, "
