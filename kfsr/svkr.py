@@ -92,7 +92,7 @@ class SVKROutput:
 
 def refine(lr, *, kernel_fn: Callable, sr_fn: Callable, init_sr: Callable,
            depth_fn: Callable | None = None, n_iter: int = 3, beta: float = 0.9,
-           update: str = "ema") -> SVKROutput:
+           update: str = "ema", keep_trace: bool = True) -> SVKROutput:
     """Run SVKR (module docstring).
 
     Args:
@@ -103,6 +103,7 @@ def refine(lr, *, kernel_fn: Callable, sr_fn: Callable, init_sr: Callable,
       depth_fn: sr image -> (h, w) depth on the LR grid (M), or None for depth-free estimation
         (kernel_fn then receives None).
       n_iter, beta, update: N, beta and the Eq.-2 rule ("ema" | "momentum").
+      keep_trace: False keeps no per-iteration arrays (trace = []; 2 N fields less in memory).
     """
     check_params(n_iter, beta, update)
     sr = init_sr(lr)
@@ -116,7 +117,8 @@ def refine(lr, *, kernel_fn: Callable, sr_fn: Callable, init_sr: Callable,
         else:
             field, velocity = update_field(field, velocity, field_hat, float(beta), update)
         sr = sr_fn(lr, field)
-        trace.append({"depth": depth, "field_hat": field_hat, "field": field, "sr": sr})
+        if keep_trace:
+            trace.append({"depth": depth, "field_hat": field_hat, "field": field, "sr": sr})
     return SVKROutput(sr=sr, field=field, depth=depth, trace=trace)
 
 

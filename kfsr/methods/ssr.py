@@ -132,13 +132,14 @@ def oracle_field(setup: Setup, kernel, hw) -> jax.Array:
 
 
 def run_svkr(setup: Setup, params: dict, lr, *, kernel=None, depth=None,
-             valid_hw=None) -> svkr.SVKROutput:
+             valid_hw=None, keep_trace: bool = False) -> svkr.SVKROutput:
     """SVKR on an LR image (h, w, 3) (already padded for the denoiser if needed).
 
     params: dict with 'rrdb' (and 'dkenet' unless `kernel` is given). kernel: oracle kernel or
     field on lr's grid (`oracle_field`). depth: overrides config.depth (`depth_provider`).
     valid_hw: the unpadded LR size (h0, w0): depth is computed on the matching crop of the SR
-    image (a user map has the image's aspect ratio) and edge-padded to lr's grid."""
+    image (a user map has the image's aspect ratio) and edge-padded to lr's grid.
+    keep_trace: keep every iteration's depth / fields / SR (`kfsr.svkr.refine`)."""
     lr = jnp.asarray(lr, jnp.float32)
     hw = (lr.shape[0], lr.shape[1])
     vh, vw = hw if valid_hw is None else valid_hw
@@ -160,7 +161,8 @@ def run_svkr(setup: Setup, params: dict, lr, *, kernel=None, depth=None,
     return svkr.refine(lr, kernel_fn=kernel_fn,
                        sr_fn=functools.partial(_sr_from_field, setup, params["rrdb"], basis),
                        init_sr=functools.partial(_bicubic, setup), depth_fn=depth_fn,
-                       n_iter=setup.svkr_n, beta=setup.svkr_beta, update=setup.svkr_update)
+                       n_iter=setup.svkr_n, beta=setup.svkr_beta, update=setup.svkr_update,
+                       keep_trace=keep_trace)
 
 
 def init_sampling(setup: Setup, params, lr, codes, depth, key) -> State:
@@ -217,8 +219,8 @@ def num_steps(setup: Setup) -> int:
 class SSROutput:
     """hr (s h, s w, 3): the diffusion sample in [0, 1]; sr_svkr (s h, s w, 3): SVKR's RRDB-SFT
     image; field (h, w, K, K): the final kernel field on the LR grid; depth (h, w) (None without
-    depth); svkr: the `kfsr.svkr.SVKROutput` (cropped arrays are above; its trace is padded);
-    history: reverse-step metrics."""
+    depth); svkr: the `kfsr.svkr.SVKROutput` on the padded LR grid (its trace only with
+    `run_full(..., keep_trace=True)`); history: reverse-step metrics."""
 
     hr: Any
     sr_svkr: Any
@@ -229,8 +231,9 @@ class SSROutput:
 
 
 def run_full(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None,
-             monitor=None, params=None, depth=None) -> SSROutput:
-    """SSR on `lr` (h, w, C) in [0, 1] (module docstring); see `run` for the arguments."""
+             monitor=None, params=None, depth=None, keep_trace: bool = False) -> SSROutput:
+    """SSR on `lr` (h, w, C) in [0, 1] (module docstring); see `run` for the arguments;
+    keep_trace: keep SVKR's per-iteration depth / fields / SR images (out.svkr.trace)."""
     from kfsr.io import check_lr
     from kfsr.train import loop
 
@@ -246,7 +249,8 @@ def run_full(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel
     hp, wp = y.shape[0], y.shape[1]
     if kernel is not None and np.ndim(kernel) == 4:
         kernel = _pad_map(oracle_field(setup, kernel, (h, w)), (hp, wp))
-    out = run_svkr(setup, params, y, kernel=kernel, depth=depth, valid_hw=(h, w))
+    out = run_svkr(setup, params, y, kernel=kernel, depth=depth, valid_hw=(h, w),
+                   keep_trace=keep_trace)
     codes = kernel_codes(jnp.asarray(pca_basis(setup)), out.field)
     state = init_sampling(setup, params["denoiser"], y, codes, out.depth, key)
 
