@@ -1,8 +1,9 @@
 """SSR (kfsr.methods.ssr, kfsr.svkr, kfsr.nets.amf / ssr_unet, kfsr.train.depth_fields): full-size
 structure by jax.eval_shape, the AMF fusion, the SVKR update rules and its LR consistency, a tiny
 training run through kfsr.train.supervised on depth-dependent SV blur, and runs of the method
-without depth and with an oracle field. Budget: the whole file in about a minute on 2 loaded cores
-(few compiled programs, tiny shapes)."""
+without depth and with an oracle field. Few compiled programs, tiny shapes, shared 32-px crops:
+measured 36-38 s of CPU (user + sys) for the whole file, 58 s wall at load 7-9 on the shared 2
+cores and 83-95 s at load 9-11 (compilation is most of it)."""
 import functools
 
 import jax
