@@ -15,8 +15,8 @@ Presets
          tests/test_blinddiff.py), schedule, losses and sampler; training values of the paper
          where it states them, else HEAD's configs (report §1.6). DF2K setting 1 (isotropic).
          Needs DF2K (not shipped) and GPUs: ~0.5-1M iterations.
-  cpu    (default) a small MCFormer trainable on BSD100 crops in about an hour on 2 cores; the
-         measured numbers are in `_cpu` below.
+  cpu    (default) a small MCFormer trained for 60 minutes (train.max_minutes) on BSD100 crops
+         on 2 cores, setting 2 (anisotropic kernels); the measured numbers are in `_cpu` below.
   test   tiny, for the test-suite.
 
 Paper-vs-code discrepancies (report §1.8) and how this config decides each:
@@ -39,6 +39,7 @@ Paper-vs-code discrepancies (report §1.8) and how this config decides each:
      10-pixel border of the blur; both are used consistently for training and guidance here).
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from kfsr.presets import build
 
@@ -58,7 +59,7 @@ def _base() -> ml_collections.ConfigDict:
     c.sampling = "bicubic"
     c.offset = 0
     # Trained weights (a training workdir of `python -m kfsr.train.supervised`, or its model/).
-    c.checkpoint = None
+    c.checkpoint = placeholder(str)
     c.data_range = "0,1"    # [C]: x0 NOT rescaled to [-1, 1] (report §1.2); see discrepancy 7
 
     # ---------------- MCFormer (kfsr/nets/mcformer.py; report §1.5: "exactly as in code")
@@ -75,7 +76,10 @@ def _base() -> ml_collections.ConfigDict:
     c.net.kernel_head_init = "torch"  # PyTorch default init of the estimator's head [C]; 'mean':
     #   zero weights + bias = log(mean training kernel), the estimator starts at the best constant
     #   guess [I] (Adam moves the 441 softmax logits ~lr per step: from uniform, the code's init
-    #   needs thousands of steps before the kernel estimate is even the mean kernel)
+    #   needs thousands of steps before the kernel estimate is even the mean kernel);
+    #   'mean_bias': that bias with the PyTorch-initialised weights (the convs get a kernel-loss
+    #   gradient from step 0; with zero weights they get none until the weights grow). Measured:
+    #   none of the three learns an input-dependent estimate on a CPU budget (tests/test_blinddiff.py)
 
     # ---------------- diffusion (report §1.2)
     c.diffusion = ml_collections.ConfigDict()
@@ -96,9 +100,9 @@ def _base() -> ml_collections.ConfigDict:
 
     # ---------------- training data (report §1.1; kfsr/train/supervised.py)
     c.data = ml_collections.ConfigDict()
-    c.data.root = None           # None -> ../shared/data (kfsr.data.SHARED_DATA)
+    c.data.root = placeholder(str)           # None -> ../shared/data (kfsr.data.SHARED_DATA)
     c.data.folders = ("DF2K/HR",)  # DIV2K 800 + Flickr2K 2650 [P, C]; NOT shipped: provide it
-    c.data.max_images = None
+    c.data.max_images = placeholder(int)
     c.data.crop = 128            # gt_size 128 in HEAD configs (March: 256; paper: stripped)
     c.data.batch = 8             # paper §4.1 "mini-batch size 8" (HEAD: 10/GPU x 4 GPUs)
     c.data.augment = True        # h-flip + rot90 (BasicSR use_flip/use_rot) [C]

@@ -214,10 +214,10 @@ def validate(config) -> None:
 # --------------------------------------------------------------------------------------------
 # training (Algorithm 1): the Task for kfsr.train.supervised
 # --------------------------------------------------------------------------------------------
-HEAD_INITS = ("torch", "mean")
+HEAD_INITS = ("torch", "mean", "mean_bias")
 
 
-def init_params(setup: Setup, key, hr_size: int, head_bias=None):
+def init_params(setup: Setup, key, hr_size: int, head_bias=None, zero_head: bool = True):
     """MCFormer parameters initialised on a (1, hr_size, hr_size, 3) input.
 
     head_bias (K*K,) (kernel_head_init 'mean'): the kernel head's Dense gets zero weights and this
@@ -231,7 +231,7 @@ def init_params(setup: Setup, key, hr_size: int, head_bias=None):
     params = setup.net.init(key, x, jnp.zeros((1,), jnp.int32), y)
     if head_bias is not None:
         head = params["params"]["predictor"]["head"]
-        head = {"kernel": jnp.zeros_like(head["kernel"]),
+        head = {"kernel": jnp.zeros_like(head["kernel"]) if zero_head else head["kernel"],
                 "bias": jnp.asarray(head_bias, jnp.float32).reshape(head["bias"].shape)}
         params = {**params, "params": {**params["params"], "predictor": {
             **params["params"]["predictor"], "head": head}}}
@@ -277,7 +277,7 @@ def make_task(config):
     head_init = config.net.get("kernel_head_init", "torch")
     _req(head_init in HEAD_INITS, f"config.net.kernel_head_init: one of {HEAD_INITS}, got {head_init!r}")
     head_bias = None
-    if head_init == "mean":
+    if head_init in ("mean", "mean_bias"):
         from kfsr.train.supervised import KERNEL_FAMILIES
 
         _req(config.data.kernel.family in KERNEL_FAMILIES,
@@ -287,7 +287,8 @@ def make_task(config):
         logk = np.log(np.maximum(mean_k, 1e-12)).ravel()
         head_bias = tuple(float(v) for v in logk - logk.mean())
     return Task(name="blinddiff",
-                init=functools.partial(init_params, setup, hr_size=crop, head_bias=head_bias),
+                init=functools.partial(init_params, setup, hr_size=crop, head_bias=head_bias,
+                                       zero_head=head_init == "mean"),
                 loss=functools.partial(training_loss, setup), meta=setup.meta())
 
 
