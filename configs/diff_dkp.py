@@ -21,6 +21,7 @@ follows. Not followed anywhere: the released code's ground-truth-kernel warm sta
 towards the true kernel, dkp.md §4.3) and its classifier guidance to ImageNet class 950.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from kfsr.presets import build
 
@@ -33,7 +34,7 @@ def _base() -> ml_collections.ConfigDict:
     c.preset = "paper"
     c.scale = 4            # Diff-DKP hard-codes sf = 4 (dkp.md §6.3)
     c.seed = 0             # the release does not seed numpy (dkp.md §10.17)
-    c.kernel_size = None   # None -> min(4s+3, 21) = 19 at x4 (release: fixed 19; dkp.md §4.3)
+    c.kernel_size = placeholder(int)   # None -> min(4s+3, 21) = 19 at x4 (release: fixed 19; dkp.md §4.3)
     # Forward model y = D_s(x *_circ k) as DIP-DKP (paper Eq. 1; dkp.md §2). The release instead
     # deblurs a bicubic down/up x3 image with no D_s (dkp.md §4.2): not followed.
     c.padding = "circular"
@@ -54,7 +55,7 @@ def _base() -> ml_collections.ConfigDict:
     c.prior.pd = ml_collections.ConfigDict()
     c.prior.pd.width = 128          # KernelFusion paper reconstruction ([R], configs/kernelfusion.py)
     c.prior.pd.n_blocks = 5         # RF 15x15 [S]
-    c.prior.pd.time_dim = None
+    c.prior.pd.time_dim = placeholder(int)
     c.prior.phase1 = ml_collections.ConfigDict()
     c.prior.phase1.steps = 600_000  # KernelFusion [R]
     c.prior.phase1.batch = 32
@@ -92,8 +93,8 @@ def _base() -> ml_collections.ConfigDict:
     # Release Diff-DKP samples its random kernels with eigenvalues in [0.35, 7.0] (width_add = 2,
     # dkp.md §4.3); kfsr uses DIP-DKP's prior range [3.7, 20] at x4 (None) so that both DKP methods
     # share one kernel prior (the release's range is tied to its deblurring task).
-    c.rks.lambda_range = None
-    c.rks.line_length_range = None
+    c.rks.lambda_range = placeholder(tuple)
+    c.rks.line_length_range = placeholder(tuple)
     c.rks.traj_steps = 500
     c.rks.fix_x8_center = False
     c.rks.temperature = 0.05

@@ -18,6 +18,7 @@ Presets
 Where the released code and the paper differ (dkp.md §10), this config follows the code and says so.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from kfsr.presets import build
 
@@ -30,7 +31,7 @@ def _base() -> ml_collections.ConfigDict:
     c.preset = "paper"
     c.scale = 4            # main.py --sf '4'; Table 2 is x4 (dkp.md §6.3)
     c.seed = 0             # main.py seeds numpy/torch with 0 (DIP input re-seeded with 1; dkp.md §3.1)
-    c.kernel_size = None   # None -> min(4s+3, 21): 11/15/19/21 for x2/3/4/8 (model.py; dkp.md §2)
+    c.kernel_size = placeholder(int)   # None -> min(4s+3, 21): 11/15/19/21 for x2/3/4/8 (model.py; dkp.md §2)
     # Forward model y = D_s(x *_circ k): circular padding, cross-correlation, stride s from offset 0
     # (Degradation.dkp(scale); dkp.md §2). Kernel centre of mass at (K - s)/2 (DKP convention).
     c.padding = "circular"
@@ -51,8 +52,8 @@ def _base() -> ml_collections.ConfigDict:
     # Gaussian prior eigenvalue range (variances, px^2). None -> kernels.dkp_prior_range(s):
     # [0.175s + (s-1), min(2.5s,10) + (s+6)] = [3.7, 20] at x4 (Settings var_min_add/var_max_add;
     # dkp.md §3.1). Wider than DKP's test range [0.7, 10] (§10.3).
-    c.rks.lambda_range = None
-    c.rks.line_length_range = None   # motion_line lengths (px); None -> (0.25K, 0.75K)
+    c.rks.lambda_range = placeholder(tuple)
+    c.rks.line_length_range = placeholder(tuple)   # motion_line lengths (px); None -> (0.25K, 0.75K)
     c.rks.traj_steps = 500           # samples per random trajectory (motion_traj)
     c.rks.fix_x8_center = False      # official prior centre (s+1)*3/2 is wrong at x8 (dkp.md §3.1, §10.4)
     # MCMC mode only (not in the released code; paper Eq. 5-8 are stripped, dkp.md §10.2):
@@ -85,7 +86,8 @@ def _base() -> ml_collections.ConfigDict:
     c.dip.channels_down = 128
     c.dip.channels_up = 128
     c.dip.channels_skip = 16
-    c.dip.nonlocal_from = 2    # non-local blocks at scales i >= 2 (FKP's skip; dkp.md §3.2)
+    # non-local blocks at scales i >= 2 (FKP's skip; dkp.md §3.2); None: none (typed: overridable)
+    c.dip.nonlocal_from = ml_collections.FieldReference(2, field_type=int)
     c.dip.input_channels = 3   # 3-channel U[0,1)*0.1 fixed noise (get_noise(C, 'noise'))
 
     # ---------------- schedule (model.py train(); Settings)

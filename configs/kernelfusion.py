@@ -20,6 +20,7 @@ Presets
   test   a tiny PD / U-Net / SIREN and a few dozen steps: seconds, for the test-suite.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from kfsr.presets import build
 
@@ -34,7 +35,7 @@ def _base() -> ml_collections.ConfigDict:
     c.seed = 0
     # Kernel support K. None -> x4: 31 (= DIV2KRK x4 kernels; covers Levin motion kernels, kf.md
     # §2.2 "at least 31x31" [I]), x2: 13 (KernelGAN; [R] default), other s: 8s - 1 [I].
-    c.kernel_size = None
+    c.kernel_size = placeholder(int)
     # Forward model y = S_s(k * P(x)): Degradation.div2krk(scale) = scipy-reflect padding,
     # cross-correlation, stride s from offset 0 (DIV2KRK synthesis, kf.md §5.1 step 6); the paper's
     # Eq. 1 has no noise term [V]. Kernels come out in kfsr's "aligned" centre convention
@@ -58,7 +59,7 @@ def _base() -> ml_collections.ConfigDict:
     c.pd = ml_collections.ConfigDict()
     c.pd.width = 128        # [R] only
     c.pd.n_blocks = 5       # [S] one double-3x3 block + five (3x3 + 1x1) blocks -> RF 15 ([R] has 6)
-    c.pd.time_dim = None    # None -> 4 * width (DDPM convention [I])
+    c.pd.time_dim = placeholder(int)    # None -> 4 * width (DDPM convention [I])
 
     # ---------------- Phase 1: train the PD on random crops of the LR image [S]
     c.phase1 = ml_collections.ConfigDict()
@@ -98,7 +99,7 @@ def _base() -> ml_collections.ConfigDict:
     # Gaussian of std init_sigma HR px (None -> scale / 2) at the centroid loss's centre, with
     # init_steps Adam steps at init_lr on the squared error (as DKP warms its kernel net up) [I].
     c.kernel.init = "siren"
-    c.kernel.init_sigma = None
+    c.kernel.init_sigma = placeholder(float)
     c.kernel.init_steps = 300
     c.kernel.init_lr = 1e-3
 
@@ -110,7 +111,7 @@ def _base() -> ml_collections.ConfigDict:
     c.phase2.n_iter_first = 100    # inner steps at the first timestep [R]
     c.phase2.n_iter = 20           # inner steps per later timestep [R] ([S]: "n_iter per t")
     c.phase2.lr = 1e-4             # Adam for the U-Net [R]
-    c.phase2.kernel_lr = None      # Adam for the SIREN; None -> lr (one optimiser in [R])
+    c.phase2.kernel_lr = placeholder(float)      # Adam for the SIREN; None -> lr (one optimiser in [R])
     c.phase2.lr_final_frac = 0.5   # cosine decay to 0.5 x lr over Phase 2 [R]; 1 = constant
     # How x_t is formed from U(x0_prev) (kf.md §2.2 open choice): 'renoise' (figure's "Noise" box:
     # x_t = q_sample(U(x0_prev), t) [V/I]) or 'posterior' (DDPM/DDIM posterior step from the

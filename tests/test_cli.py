@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -121,3 +122,26 @@ def test_finished_run_drops_checkpoints_but_keeps_a_trained_pd(tmp_path):
     assert not ck.exists()
     assert (tmp_path / "img" / "pd" / "0" / "params").read_text() == "x"
     cli._drop_checkpoints(str(ck), str(tmp_path / "img"))  # nothing to drop: no error
+
+
+def _none_leaves(c, prefix=""):
+    for name, value in c.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _none_leaves(value, f"{prefix}{name}.")
+        elif value is None:
+            yield prefix + name, c._fields[name]
+
+
+@pytest.mark.parametrize("name", ["dkp", "dkp_motion", "diff_dkp", "kernelfusion", "blinddiff",
+                                  "ssr", "nonblind"])
+def test_every_optional_config_field_can_be_overridden(name):
+    """Fields that default to None are typed placeholders: `--config.<field>=value` must work
+    (ml_collections refuses to override a plain None), e.g. --config.checkpoint=<dir>."""
+    import importlib
+
+    mod = importlib.import_module(f"configs.{name}")
+    for preset in getattr(mod, "PRESETS", (None,)):
+        c = mod.get_config(preset) if preset else mod.get_config()
+        bad = [f for f, ref in _none_leaves(c)
+               if not isinstance(ref, ml_collections.FieldReference)]
+        assert not bad, (name, preset, bad)
