@@ -7,7 +7,7 @@ shared/reference/methods/dkp.md (the released code, XYLGroup/DKP @ 8a04570, `Dif
     python run.py --config=configs/diff_dkp.py:paper --input=lr.png        # paper/code values
     python run.py --config=configs/diff_dkp.py:test --input=lr.png         # tiny, for the tests
     python run.py --config=configs/diff_dkp.py --input=lr.png \\
-        --config.pd_checkpoint=out/checkpoints/pd                          # reuse a trained prior
+        --config.pd_checkpoint=outputs/pd                                  # reuse a trained prior
 
 Presets
   paper  the paper's / released code's sampler and DKP values, with KernelFusion's paper-scale
@@ -39,8 +39,8 @@ def _base() -> ml_collections.ConfigDict:
     # deblurs a bicubic down/up x3 image with no D_s (dkp.md §4.2): not followed.
     c.padding = "circular"
     c.offset = 0
-    # Reuse a prior trained earlier (a directory written by kernelfusion.save_pd: <output>/
-    # checkpoints/pd of a diff_dkp or kernelfusion run with the same PD settings). pd_save: also
+    # Reuse a prior trained earlier (a directory written by kernelfusion.save_pd: <output>/pd
+    # (run.py) of a diff_dkp or kernelfusion run with the same PD settings). pd_save: also
     # save the trained prior there.
     c.pd_checkpoint = ""
     c.pd_save = ""

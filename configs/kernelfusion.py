@@ -10,7 +10,7 @@ refer to shared/reference/methods/kernelfusion.md ("kf.md §n"):
     python run.py --config=configs/kernelfusion.py:paper --input=lr.png    # paper reconstruction
     python run.py --config=configs/kernelfusion.py:test --input=lr.png     # tiny, for the tests
     python run.py --config=configs/kernelfusion.py --input=lr.png \\
-        --config.pd_checkpoint=out/checkpoints/pd                          # reuse a trained PD
+        --config.pd_checkpoint=outputs/pd                                  # reuse a trained PD
 
 Presets
   paper  the reconstructed paper values (kf.md §2.4). Paper-scale Phase 1 (600k x 32 crops [R])
@@ -44,7 +44,7 @@ def _base() -> ml_collections.ConfigDict:
     c.sampling = "stride"
     c.offset = 0
     # Reuse a PD trained by an earlier run (a directory written by kernelfusion.save_pd, e.g.
-    # <output>/checkpoints/pd): Phase 1 is skipped. pd_save: also save the trained PD there.
+    # <output>/pd of run.py): Phase 1 is skipped. pd_save: also save the trained PD there.
     c.pd_checkpoint = ""
     c.pd_save = ""
 

@@ -46,7 +46,23 @@ def _given_kernel(method: str) -> bool:
     return method.startswith("oracle") or method == "blinddiff_oracle"
 
 
-def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
+def dataset_forward_model(dataset: str, family: str, scale: int):
+    """The Degradation a benchmark set was made with (None for a plain folder of LR images)."""
+    from kfsr import data
+    from kfsr.degrade import Degradation
+
+    if dataset == "set5_dkp":
+        return Degradation.dkp(scale)
+    if dataset.startswith("div2krk:"):
+        return Degradation.div2krk(scale)
+    if dataset.startswith("folder:"):
+        return None
+    return data.degradation_of(family, scale)
+
+
+def _config_for(method: str, scale: int, preset: str | None, overrides: dict, forward=None):
+    """The method's config; `forward` (the set's Degradation): KernelFusion, whose forward model is
+    a config choice (default DIV2KRK's), models the one the set was made with."""
     from kfsr.api import default_config
 
     if method == "oracle_fft":
@@ -65,6 +81,8 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
         c = default_config("kernelfusion", preset)
         for field, value in _KF_ABLATIONS[method].items():
             c.phase2[field] = value
+        if forward is not None:
+            c.padding, c.sampling, c.offset = forward.padding, forward.sampling, forward.offset
     elif method in BLINDDIFF_METHODS:
         c = default_config("blinddiff", preset)
     else:
@@ -81,7 +99,7 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict):
 
 
 def run_case(method: str, case, scale: int, preset: str | None, seed: int,
-             overrides: dict) -> dict:
+             overrides: dict, forward=None) -> dict:
     """Run one method on one Case; returns metrics + time (+ hr, kernel arrays)."""
     import jax
 
@@ -95,7 +113,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
         kernel = None
     else:
-        cfg = _config_for(method, scale, preset, overrides)
+        cfg = _config_for(method, scale, preset, overrides, forward)
         cfg.seed = seed
         kw = {}
         run = get_method(cfg.method)
@@ -110,7 +128,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
             kw["kernel"] = case.kernel
         res = run(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
         hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
-    out = _metrics_of(method, case, hr, kernel, scale)
+    out = _metrics_of(method, case, hr, kernel, scale, forward)
     out["seconds"] = time.time() - t0
     return out, hr, kernel, curve
 
@@ -131,7 +149,7 @@ def _kernel_psnr_any_size(k, k_gt) -> float:
     return metrics.kernel_psnr(k, g)
 
 
-def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
+def _metrics_of(method: str, case, hr, kernel, scale: int, forward=None) -> dict:
     from kfsr import metrics
     from kfsr.degrade import Degradation
 
@@ -142,6 +160,8 @@ def _metrics_of(method: str, case, hr, kernel, scale: int) -> dict:
     if kernel is not None:
         # LR consistency under the method's own forward model (BlindDiff: blur + bicubic)
         spec = Degradation.blinddiff(scale) if method in BLINDDIFF_METHODS else Degradation.dkp(scale)
+        if method in _KF_ABLATIONS and forward is not None:
+            spec = forward  # KernelFusion runs with the set's own forward model (_config_for)
         out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, spec)
         if case.kernel is not None and not _given_kernel(method):
             out["kernel_psnr"] = _kernel_psnr_any_size(kernel, case.kernel)
@@ -259,7 +279,8 @@ def _case_main(spec: dict) -> None:
     todo = [by_name[n] for n in spec["images"]]
     args = (spec["scale"], spec["preset"], spec["seed"], spec["overrides"])
     if len(todo) == 1:
-        outs = [run_case(spec["method"], todo[0], *args)]
+        forward = dataset_forward_model(spec["dataset"], spec["family"], spec["scale"])
+        outs = [run_case(spec["method"], todo[0], *args, forward=forward)]
     else:
         outs = list(run_batch_cases(spec["method"], todo, *args))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -167,3 +167,19 @@ def test_usrnet_motion_family_is_a_real_kernel_in_dkp_centring():
     g[9, 9] = 1.0
     assert bench._kernel_psnr_any_size(np.pad(g, 3), g) == float("inf")
     assert np.isnan(bench._kernel_psnr_any_size(np.pad(g, ((3, 4), (3, 4))), g))
+
+
+def test_kernelfusion_rows_model_the_sets_own_degradation():
+    """KernelFusion's forward model is a config choice (default DIV2KRK's reflect padding): the
+    bench sets it to the one each set was made with (generated sets: DKP's circular padding)."""
+    from kfsr.degrade import Degradation
+
+    for dataset, family, want in (("set14", "l_shape", Degradation.dkp(4)),
+                                  ("set5_dkp", "gaussian", Degradation.dkp(4)),
+                                  ("div2krk:/data", "gaussian", Degradation.div2krk(4))):
+        fwd = bench.dataset_forward_model(dataset, family, 4)
+        assert fwd == want
+        for method in ("kernelfusion", "kf_unet_only", "kf_one_unet_pass"):
+            c = bench._config_for(method, 4, "cpu", {}, fwd)
+            assert (c.padding, c.sampling, c.offset) == (want.padding, want.sampling, want.offset)
+    assert bench.dataset_forward_model("folder:/x", "gaussian", 4) is None
