@@ -64,3 +64,16 @@ def get_method(name: str) -> Callable[..., Result]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def check_config(build: Callable[[Any], Any], config, name: str) -> None:
+    """Run `build(config)` (a method's make_setup); a config it cannot read (missing section,
+    wrong type) becomes a KfsrInputError naming the method. Every method's `validate` uses it."""
+    from kfsr.errors import KfsrInputError
+
+    try:
+        build(config)
+    except KfsrInputError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise KfsrInputError(f"config ({name}): {type(e).__name__}: {e}") from None

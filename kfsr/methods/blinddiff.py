@@ -57,7 +57,7 @@ from kfsr.diffusion.samplers import normal, resolve_timesteps, split_model_outpu
 from kfsr.diffusion.schedule import get_schedule
 from kfsr.diffusion.vlb import vb_terms
 from kfsr.errors import KfsrInputError
-from kfsr.methods.base import Result, register
+from kfsr.methods.base import Result, check_config, register
 from kfsr.nets.mcformer import MCFormer, param_shapes
 
 State = dict  # see init()
@@ -203,12 +203,7 @@ def make_setup(config) -> Setup:
 
 def validate(config) -> None:
     """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
-    try:
-        make_setup(config)
-    except KfsrInputError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KfsrInputError(f"config (blinddiff): {type(e).__name__}: {e}") from None
+    check_config(make_setup, config, "blinddiff")
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ from kfsr.diffusion.schedule import get_schedule, respace, space_timesteps
 from kfsr.errors import KfsrInputError
 from kfsr.methods import dkp as dkp_method
 from kfsr.methods import kernelfusion as kf
-from kfsr.methods.base import Result, register
+from kfsr.methods.base import Result, check_config, register
 from kfsr.methods.rks import RKS, prior_loss
 from kfsr.nets.kernel_mlp import KernelMLP, kernel_code
 from kfsr.nets.patch_denoiser import PatchDenoiser
@@ -286,13 +286,7 @@ def make_setup(config, channels: int = 3, prior: Prior | None = None) -> Setup:
 
 def validate(config) -> None:
     """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
-    try:
-        make_setup(config)
-        _kf_config(config)
-    except KfsrInputError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KfsrInputError(f"config (diff_dkp): {type(e).__name__}: {e}") from None
+    check_config(lambda c: (make_setup(c), _kf_config(c)), config, "diff_dkp")
 
 
 # --------------------------------------------------------------------------------------------

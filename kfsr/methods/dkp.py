@@ -51,7 +51,7 @@ import optax
 from kfsr import losses, parallel
 from kfsr.degrade import kernels as kern
 from kfsr.errors import KfsrInputError
-from kfsr.methods.base import Result, register, register_batch
+from kfsr.methods.base import Result, check_config, register, register_batch
 from kfsr.methods.rks import RKS, prior_loss
 from kfsr.nets.kernel_mlp import KernelMLP, kernel_code
 
@@ -141,12 +141,7 @@ def make_setup(config, channels: int = 3, fixed_kernel: bool = False) -> Setup:
 
 def validate(config) -> None:
     """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
-    try:
-        make_setup(config)
-    except KfsrInputError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KfsrInputError(f"config (dkp): {type(e).__name__}: {e}") from None
+    check_config(make_setup, config, "dkp")
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ from kfsr.diffusion.param import q_sample, v_from_x0_eps, x0_from_v
 from kfsr.diffusion.samplers import ddim_step
 from kfsr.diffusion.schedule import get_schedule
 from kfsr.errors import KfsrInputError
-from kfsr.methods.base import Result, register
+from kfsr.methods.base import Result, check_config, register
 from kfsr.nets.patch_denoiser import PatchDenoiser
 from kfsr.nets.siren import SirenKernel
 from kfsr.nets.unet import NORMS, OUTPUTS, UNet
@@ -275,12 +275,7 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
 
 def validate(config) -> None:
     """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
-    try:
-        make_setup(config)
-    except KfsrInputError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KfsrInputError(f"config (kernelfusion): {type(e).__name__}: {e}") from None
+    check_config(make_setup, config, "kernelfusion")
 
 
 def _to_pm1(img):

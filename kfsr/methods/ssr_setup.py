@@ -16,6 +16,7 @@ import numpy as np
 from kfsr import svkr
 from kfsr.degrade.spec import Degradation
 from kfsr.errors import KfsrInputError
+from kfsr.methods.base import check_config
 from kfsr.nets import amf as amf_nets
 from kfsr.nets import dkenet as dk
 from kfsr.nets import rrdb as rrdb_nets
@@ -249,12 +250,7 @@ def make_setup(config) -> Setup:
 
 def validate(config) -> None:
     """Raise KfsrInputError naming the bad field (called by kfsr.cli before a run)."""
-    try:
-        make_setup(config)
-    except KfsrInputError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KfsrInputError(f"config (ssr): {type(e).__name__}: {e}") from None
+    check_config(make_setup, config, "ssr")
 
 
 # --------------------------------------------------------------------------------------------
