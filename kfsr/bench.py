@@ -9,7 +9,8 @@ families, cached with a manifest), `div2krk:<root>` (the DIV2KRK layout) or any 
 images (`folder:<path>`, no ground truth: kernel and SR outputs only).
 
 Each (method, image) case runs in its own subprocess so its peak memory (ru_maxrss) is its own;
-finished cases are skipped, so an interrupted benchmark resumes where it stopped.
+finished cases are skipped, so an interrupted benchmark resumes where it stopped; a case killed
+midway resumes from its last loop checkpoint (`<result>.ckpt/`, removed when the case finishes).
 """
 from __future__ import annotations
 
@@ -99,16 +100,28 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
 
 
 def run_case(method: str, case, scale: int, preset: str | None, seed: int,
-             overrides: dict, forward=None) -> dict:
-    """Run one method on one Case; returns metrics + time (+ hr, kernel arrays)."""
+             overrides: dict, forward=None, work: str | None = None) -> dict:
+    """Run one method on one Case; returns metrics + time (+ hr, kernel arrays).
+
+    `work` (optional, a path prefix): the case checkpoints its loop to `<work>.ckpt/` and keeps
+    its elapsed time and PSNR curve in `<work>_partial.json`, so a killed case resumes from its
+    last chunk (bit-identically: kfsr.train.loop) instead of from step 0; both are removed when
+    it finishes."""
     import jax
 
-    from kfsr import metrics
+    from kfsr import io, metrics
     from kfsr.degrade.imresize import imresize
     from kfsr.methods.base import get_method
 
     t0 = time.time()
     curve: list = []  # [step, PSNR-Y] after each loop chunk (iterative methods)
+    ckpt = partial = None
+    before = 0.0  # seconds spent by earlier, killed attempts at this case
+    if work is not None and method != "bicubic":
+        ckpt, partial = os.path.abspath(work + ".ckpt"), work + "_partial.json"
+        if os.path.isdir(ckpt) and os.path.isfile(partial):
+            done = json.load(open(partial))
+            before, curve = float(done["seconds"]), [list(c) for c in done["curve"]]
     if method == "bicubic":
         hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
         kernel = None
@@ -119,18 +132,34 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         run = get_method(cfg.method)
         if case.hr is not None and "monitor" in inspect.signature(run).parameters:
             def monitor(step, hr_now, kernel_now):
+                curve[:] = [c for c in curve if c[0] < step]  # chunks redone after a resume
                 curve.append([int(step), float(metrics.psnr_y(np.clip(hr_now, 0, 1), case.hr, scale=scale))])
+                if partial:  # after the chunk's checkpoint (kfsr.train.loop's on_chunk order)
+                    io.write_json(partial, {"seconds": before + time.time() - t0, "curve": curve})
 
             kw["monitor"] = monitor
         if _given_kernel(method):
             if case.kernel is None:
                 raise ValueError(f"{case.name}: the oracle needs the ground-truth kernel")
             kw["kernel"] = case.kernel
+        if ckpt and "checkpoint_dir" in inspect.signature(run).parameters:
+            kw["checkpoint_dir"] = ckpt
         res = run(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
         hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
     out = _metrics_of(method, case, hr, kernel, scale, forward)
-    out["seconds"] = time.time() - t0
+    out["seconds"] = before + time.time() - t0
+    if before:
+        out["resumed"] = 1.0
     return out, hr, kernel, curve
+
+
+def _drop_work(work: str) -> None:
+    """Remove a finished case's checkpoint and partial record (see run_case)."""
+    import shutil
+
+    shutil.rmtree(work + ".ckpt", ignore_errors=True)
+    if os.path.isfile(work + "_partial.json"):
+        os.remove(work + "_partial.json")
 
 
 def _kernel_psnr_any_size(k, k_gt) -> float:
@@ -280,7 +309,8 @@ def _case_main(spec: dict) -> None:
     args = (spec["scale"], spec["preset"], spec["seed"], spec["overrides"])
     if len(todo) == 1:
         forward = dataset_forward_model(spec["dataset"], spec["family"], spec["scale"])
-        outs = [run_case(spec["method"], todo[0], *args, forward=forward)]
+        outs = [run_case(spec["method"], todo[0], *args, forward=forward,
+                         work=spec["results"][0][:-5])]
     else:
         outs = list(run_batch_cases(spec["method"], todo, *args))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -293,6 +323,7 @@ def _case_main(spec: dict) -> None:
         if curve:
             io.write_json(base + "_curve.json", curve)
         io.write_json(result, m)
+        _drop_work(base)
 
 
 def _table(rows: list[dict], methods: list[str]) -> str:

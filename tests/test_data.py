@@ -183,3 +183,44 @@ def test_kernelfusion_rows_model_the_sets_own_degradation():
             c = bench._config_for(method, 4, "cpu", {}, fwd)
             assert (c.padding, c.sampling, c.offset) == (want.padding, want.sampling, want.offset)
     assert bench.dataset_forward_model("folder:/x", "gaussian", 4) is None
+
+
+def test_bench_case_killed_midway_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A DIP-DKP case interrupted after its 3rd of 4 loop chunks (the run's checkpoint and
+    `_partial.json` on disk) resumes from that chunk and ends with the uninterrupted run's
+    output; its curve keeps the points of the first attempt."""
+    from kfsr import metrics as m
+
+    _, cases = bench.load_cases("set5", 2, "gaussian", 0, str(tmp_path), 1, crop=48)
+    over = {"schedule.outer_iters": "8", "loop.chunk": "2", "schedule.i_loop_x": "1",
+            "pke.warmup_steps": "5"}
+    args = ("dkp", cases[0], 2, "test", 0, over)
+    full, hr_full, k_full, curve_full = bench.run_case(*args)
+    assert [c[0] for c in curve_full] == [2, 4, 6, 8]
+
+    work = str(tmp_path / "dkp_test" / cases[0].name)
+    os.makedirs(os.path.dirname(work))
+    real, calls = m.psnr_y, []
+
+    def killed_at_third_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after chunk 3's checkpoint
+        return real(*a, **k)
+
+    monkeypatch.setattr(m, "psnr_y", killed_at_third_chunk)
+    try:
+        bench.run_case(*args, work=work)
+        raise AssertionError("not interrupted")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(m, "psnr_y", real)
+    assert os.path.isdir(work + ".ckpt")
+    assert [c[0] for c in json.load(open(work + "_partial.json"))["curve"]] == [2, 4]
+    out, hr, kernel, curve = bench.run_case(*args, work=work)
+    np.testing.assert_array_equal(hr, hr_full)
+    np.testing.assert_array_equal(kernel, k_full)
+    assert out["resumed"] == 1.0 and out["psnr_y"] == full["psnr_y"]
+    assert [c[0] for c in curve] == [2, 4, 8] and curve[:2] == curve_full[:2]
+    bench._drop_work(work)
+    assert not os.path.exists(work + ".ckpt") and not os.path.exists(work + "_partial.json")
