@@ -114,7 +114,15 @@ def test_kernel_head_learns_the_kernel_distribution(trained):
     1,550 at lr 3e-4; lr sqrt(n) = 0.012: no consistent gradient), and its held-out MSE is
     1.000 x the mean kernel's over steps 775-1550 (1.0004 x over the last 300). The conv + global-average
     + linear-softmax estimator (the code's design) has to compare y with the blurred, downsampled
-    x_t to see the kernel; on a CPU budget it does not find that from the kernel loss."""
+    x_t to see the kernel; on a CPU budget it does not find that from the kernel loss.
+    Why (measured 2026-11-23, /tmp scripts, 20,000 draws): 68 % of the mean kernel's MSE comes
+    from the 8 % of draws with sigma < 0.5, whose x4 bicubic LR differs from sigma 0.2's by 0.4/255
+    rms (below the 8-bit quantisation): most of the metric is not identifiable from the data.
+    And GAP + linear is linear in the image's contrast: the same estimator trained on clean
+    (HR, LR) pairs alone stays at 1.00 x the mean kernel's MSE after 2,000 steps; with its input
+    normalised per example (net.kernel_input_norm) it reaches 0.52 x in 1,000 steps. In this
+    test's training (noisy x_t at random t) kernel_input_norm + detach_kernel at lr 1e-3 reach
+    0.94 x at t = 0 after 2,000 steps (1.00 x without): too slow for the suite."""
     c, _, res = trained
     setup = sup.cached_setup(c)
     family = setup.pipeline.family
@@ -135,6 +143,36 @@ def test_kernel_head_learns_the_kernel_distribution(trained):
     assert last < 0.75 * first, (first, last)
     base = baseline(range(n - 30, n))
     assert last < 1.4 * base, (last, base)
+
+
+def test_kernel_estimator_options_contrast_invariance_and_detach(trained):
+    """net.kernel_input_norm: the estimate does not change when x_t and y get different contrasts
+    and offsets; net.detach_kernel: the noise loss sends no gradient to the estimator. (The
+    options add no parameters: the trained test model's weights serve.)"""
+    c, _, res = trained
+    c = c.copy_and_resolve_references()
+    c.net.kernel_input_norm = True
+    c.net.detach_kernel = True
+    setup = bd.make_setup(c)
+    params = res.state["params"]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
+    y = jnp.asarray(rng.random((2, 8, 8, 3)), jnp.float32)
+    t = jnp.array([3, 7])
+    apply = jax.jit(setup.net.apply)
+    _, k = apply(params, x, t, y)
+    _, k2 = apply(params, 0.3 * x + 0.2, t, 2.5 * y - 1.0)
+    np.testing.assert_allclose(np.asarray(k2), np.asarray(k), atol=1e-5)
+
+    @jax.jit
+    def grads(p):  # of the noise loss and of one kernel entry
+        out = jax.grad(lambda p: jnp.mean(jnp.square(setup.net.apply(p, x, t, y)[0])))(p)
+        kern = jax.grad(lambda p: jnp.sum(setup.net.apply(p, x, t, y)[1][:, 0]))(p)
+        return out["params"]["predictor"], kern["params"]["predictor"]
+
+    g, g_k = grads(params)
+    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g))
+    assert float(jnp.abs(g_k["conv0"]["conv"]["kernel"]).max()) > 0
 
 
 # ---------------------------------------------------------------------------------- sampling

@@ -128,7 +128,9 @@ class Setup:
                 "ffn_expansion": n.ffn_expansion, "predictor_width": n.predictor_width,
                 "predictor_strides": list(n.predictor_strides), "learned_var": self.learned_var,
                 "data_range": self.data_range, "T": self.T, "schedule": self.schedule,
-                "beta_start": self.beta_start, "beta_end": self.beta_end}
+                "beta_start": self.beta_start, "beta_end": self.beta_end,
+                # only when set: weights exported before the option existed still load
+                **({"kernel_input_norm": True} if n.kernel_input_norm else {})}
 
 
 @functools.lru_cache(maxsize=16)
@@ -179,7 +181,9 @@ def make_setup(config) -> Setup:
                    heads=heads, ffn_expansion=float(n.ffn_expansion), kernel_size=K, scale=s,
                    in_channels=3, out_channels=6 if learned_var else 3,
                    predictor_width=int(n.predictor_width),
-                   predictor_strides=_tuple(n.predictor_strides), remat=bool(n.get("remat", False)))
+                   predictor_strides=_tuple(n.predictor_strides), remat=bool(n.get("remat", False)),
+                   detach_kernel=bool(n.get("detach_kernel", False)),
+                   kernel_input_norm=bool(n.get("kernel_input_norm", False)))
 
     def respace(v):
         return None if v in (None, 0, "") else (int(v) if str(v).isdigit() else str(v))

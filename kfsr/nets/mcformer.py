@@ -229,10 +229,22 @@ class KernelPredictor(nn.Module):
     kernel_size: int
     width: int
     strides: Sequence[int]
+    input_norm: bool = False
 
     @nn.compact
     def __call__(self, inp):
         x = inp
+        if self.input_norm:
+            # per example and per half (x_t | up(y)): channel means removed, then divided by the
+            # half's RMS over pixels and channels. GAP + a linear head is linear in the image's
+            # contrast, so without this the estimate cannot tell "blurry" from "low contrast";
+            # the halves separately, or x_t's noise would set the scale of up(y) [I]
+            def normalise(a):
+                a = a - jnp.mean(a, axis=(1, 2), keepdims=True)
+                return a * jax.lax.rsqrt(jnp.mean(jnp.square(a), axis=(1, 2, 3), keepdims=True) + 1e-6)
+
+            c = x.shape[-1] // 2
+            x = jnp.concatenate([normalise(x[..., :c]), normalise(x[..., c:])], axis=-1)
         for i, s in enumerate(self.strides):
             x = nn.leaky_relu(Conv(self.width, 5, stride=s, use_bias=True, name=f"conv{i}")(x), 0.2)
         x = jnp.mean(x, axis=(1, 2))
@@ -279,6 +291,10 @@ class MCFormer(nn.Module):
     predictor_width: int = 48
     predictor_strides: Sequence[int] = (1, 1, 1, 2, 1, 1)
     remat: bool = False
+    # stop the denoiser's gradient at the kernel estimate (the estimator then learns from the
+    # kernel loss alone, as MANet's); False = the code (end-to-end through the modulation)
+    detach_kernel: bool = False
+    kernel_input_norm: bool = False  # KernelPredictor.input_norm [I]; False = the code
 
     @nn.compact
     def __call__(self, x_t, t, y, kernel=None, use_kernel=None):
@@ -295,15 +311,16 @@ class MCFormer(nn.Module):
         inp = jnp.concatenate([x_t, bicubic_upsample(y, self.scale)], axis=-1)
 
         k = KernelPredictor(self.kernel_size, self.predictor_width, tuple(self.predictor_strides),
-                            name="predictor")(inp)
+                            self.kernel_input_norm, name="predictor")(inp)
         if kernel is not None:  # a known kernel replaces the estimate in the modulation
             given = jnp.broadcast_to(jnp.asarray(kernel, k.dtype).reshape(-1, k.shape[-1]), k.shape)
             # use_kernel (traced bool scalar, optional): pick the given kernel or the estimate at
             # run time, so one compiled program serves the blind and the known-kernel sampler
             k = given if use_kernel is None else jnp.where(use_kernel, given, k)
+        k_mod = jax.lax.stop_gradient(k) if self.detach_kernel else k
         e_t = sinusoidal_embedding(jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (b,)), d)
         e_t = _dense(d, "t_mlp_out")(mish(_dense(4 * d, "t_mlp_in")(e_t)))
-        e_k = _dense(d, "k_mlp_out")(mish(_dense(d, "k_mlp_in")(k)))
+        e_k = _dense(d, "k_mlp_out")(mish(_dense(d, "k_mlp_in")(k_mod)))
         cond = e_t + e_k
 
         def stage(x, n, heads, name):
