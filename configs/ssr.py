@@ -18,6 +18,13 @@ methods/blinddiff_ssr.md §2 (reconstruction), paper = papers/001_ssr.txt. Tags:
     # without depth (the benchmark's ablation): --config.use_depth=False (train it too: the
     #   DKENet and the denoiser then have no depth branch / encoder)
     # oracle: pass the true kernel or field (kfsr.methods.ssr.run(..., kernel=field))
+    # 3. benchmark: Set14 c224 x4 with synthetic depth and SSR's depth-dependent SV fields
+    #    (kfsr.data 'depth_field'), rows bicubic, DIP-DKP, SSR with / without depth, oracle field
+    python -m kfsr.bench --dataset set14 --kernels depth_field --preset cpu \
+        --methods bicubic,dkp,ssr,ssr_nodepth,ssr_oracle \
+        --ssr-ckpt dkenet=runs/ssr_dkenet,rrdb=runs/ssr_rrdb,denoiser=runs/ssr_denoiser \
+        --ssr-nodepth-ckpt dkenet=runs/ssr_nd_dkenet,rrdb=runs/ssr_rrdb,denoiser=runs/ssr_nd_denoiser \
+        --out results/bench_ssr --update-docs
 
 Presets
   paper  structure only, full sizes: DKENet nf 128 (3,059,705 params; MANet's estimator

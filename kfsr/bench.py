@@ -8,6 +8,22 @@ DIP-DKP numbers beside it), `set5`, `set14`, `bsd100` (generated c224 protocol w
 families, cached with a manifest), `div2krk:<root>` (the DIV2KRK layout) or any folder of LR
 images (`folder:<path>`, no ground truth: kernel and SR outputs only).
 
+Spatially variant set (issue 6, SSR): `--kernels depth_field` (kfsr.data.SV_FAMILIES: synthetic
+depth, SSR's depth-dependent kernel field per LR pixel), e.g.
+
+    python -m kfsr.bench --dataset set14 --kernels depth_field \
+        --methods bicubic,dkp,ssr,ssr_nodepth,ssr_oracle --preset cpu \
+        --ssr-ckpt dkenet=runs/ssr_dkenet,rrdb=runs/ssr_rrdb,denoiser=runs/ssr_denoiser \
+        --ssr-nodepth-ckpt dkenet=runs/ssr_nd_dkenet,rrdb=runs/ssr_rrdb,denoiser=runs/ssr_nd_denoiser \
+        --out results/bench_ssr --update-docs
+
+Its table reports, instead of the kernel PSNR, the field error (the mean over LR pixels of the
+aligned per-pixel kernel error, a global kernel counted at every pixel), MANet's LR-consistency
+PSNR of the field (the ground-truth HR re-degraded with the estimated field under the set's
+spatially variant forward model vs the LR) and, for SSR, the PSNR-Y of SVKR's RRDB image. The
+oracle rows that need one global kernel (oracle_fft, oracle_dip, blinddiff_oracle) are skipped
+there; `ssr_oracle` is SSR given the true field.
+
 Each (method, image) case runs in its own subprocess so its peak memory (ru_maxrss) is its own;
 finished cases are skipped, so an interrupted benchmark resumes where it stopped; a case killed
 midway resumes from its last loop checkpoint (`<result>.ckpt/`, removed when the case finishes).
@@ -33,18 +49,30 @@ import kfsr  # noqa: F401  (XLA flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
-           "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "blinddiff", "blinddiff_oracle")
+           "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "blinddiff", "blinddiff_oracle",
+           "ssr", "ssr_nodepth", "ssr_gt_depth", "ssr_oracle")
 # KernelFusion and its two ablations (issue 4): without the patch denoiser ("U-Net only") and with
 # the U-Net applied once (before the PD) instead of twice
 _KF_ABLATIONS = {"kernelfusion": {}, "kf_unet_only": {"use_pd": False},
                  "kf_one_unet_pass": {"second_unet_pass": False}}
 # BlindDiff (trained MCFormer from --checkpoint) and the same sampler given the true kernel
 BLINDDIFF_METHODS = ("blinddiff", "blinddiff_oracle")
+# SSR (configs/ssr.py, kfsr.methods.ssr.run_full): with depth from config.depth (the MiDaS
+# stand-in), without depth (config.use_depth=False, its own weights: --ssr-nodepth-ckpt), with the
+# set's true depth map as the user's depth, and given the true kernel / field (oracle)
+SSR_METHODS = ("ssr", "ssr_nodepth", "ssr_gt_depth", "ssr_oracle")
+SSR_PARTS = ("dkenet", "rrdb", "denoiser")  # kfsr.methods.ssr.PARTS, the trained parts
 
 
 def _given_kernel(method: str) -> bool:
     """Methods that receive the ground-truth kernel (non-blind references)."""
-    return method.startswith("oracle") or method == "blinddiff_oracle"
+    return method.startswith("oracle") or method in ("blinddiff_oracle", "ssr_oracle")
+
+
+def _needs_2d_kernel(method: str) -> bool:
+    """Given-kernel methods that only take one global (K, K) kernel (not a spatially variant set's
+    (h, w, K, K) field)."""
+    return _given_kernel(method) and method != "ssr_oracle"
 
 
 def dataset_forward_model(dataset: str, family: str, scale: int):
@@ -86,10 +114,15 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
             c.padding, c.sampling, c.offset = forward.padding, forward.sampling, forward.offset
     elif method in BLINDDIFF_METHODS:
         c = default_config("blinddiff", preset)
+    elif method in SSR_METHODS:
+        c = default_config("ssr", preset)
+        c.use_depth = method != "ssr_nodepth"
     else:
         c = default_config("dkp", preset)
     c.scale = scale
     for field, value in overrides.items():  # "a.b=3": parsed with the type of the default
+        if not _has_field(c, field):
+            continue  # another method's field (main checks that some method has it)
         *path, leaf = field.split(".")
         node = c
         for part in path:
@@ -99,14 +132,65 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
     return c
 
 
+def _has_field(config, field: str) -> bool:
+    """Whether the dotted path `field` ("a.b.c") names a field of the ConfigDict `config`."""
+    node = config
+    for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False
+        node = node[part]
+    return True
+
+
+def _parse_ckpts(flag: str, value: str | None) -> dict:
+    """'dkenet=DIR,rrdb=DIR,denoiser=DIR' -> {'checkpoints.dkenet': abs DIR, ...} (config
+    overrides); SystemExit (one line) for a malformed item, an unknown part or a missing folder."""
+    out = {}
+    for item in (value or "").split(","):
+        if not item:
+            continue
+        part, sep, path = item.partition("=")
+        if not sep or part not in SSR_PARTS or not path:
+            raise SystemExit(f"error: {flag}: expected part=DIR items with part in "
+                             f"{', '.join(SSR_PARTS)}, got {item!r}")
+        if not os.path.isdir(path):
+            raise SystemExit(f"error: {flag}: {part}={path}: no such folder")
+        out[f"checkpoints.{part}"] = os.path.abspath(path)
+    return out
+
+
+def _ssr_overrides(method: str, ckpt: dict, nodepth_ckpt: dict, random_init: bool) -> dict:
+    """The checkpoint overrides of an SSR row, or SystemExit naming the missing flag / parts:
+    ssr, ssr_gt_depth: the three parts of --ssr-ckpt; ssr_oracle: its rrdb and denoiser (no
+    estimator); ssr_nodepth: the three parts of --ssr-nodepth-ckpt, its rrdb by default the one of
+    --ssr-ckpt (RRDB-SFT sees the field's codes only, never the depth)."""
+    flag, given = (("--ssr-nodepth-ckpt", nodepth_ckpt) if method == "ssr_nodepth"
+                   else ("--ssr-ckpt", ckpt))
+    if method == "ssr_nodepth" and "checkpoints.rrdb" in ckpt:
+        given = {"checkpoints.rrdb": ckpt["checkpoints.rrdb"], **given}
+    need = SSR_PARTS[1:] if method == "ssr_oracle" else SSR_PARTS
+    missing = [p for p in need if f"checkpoints.{p}" not in given]
+    if missing and not random_init:
+        raise SystemExit(
+            f"error: {method} needs {flag} " + ",".join(f"{p}=DIR" for p in SSR_PARTS)
+            + f" (missing: {', '.join(missing)}; DIR = a workdir of python -m "
+            "kfsr.train.supervised --config=configs/ssr.py:cpu --config.part=<part>"
+            + (" --config.use_depth=False" if method == "ssr_nodepth" else "") + ")")
+    return dict(given)
+
+
 def run_case(method: str, case, scale: int, preset: str | None, seed: int,
-             overrides: dict, forward=None, work: str | None = None) -> dict:
+             overrides: dict, forward=None, work: str | None = None,
+             random_init: bool = False) -> dict:
     """Run one method on one Case; returns metrics + time (+ hr, kernel arrays).
 
     `work` (optional, a path prefix): the case checkpoints its loop to `<work>.ckpt/` and keeps
     its elapsed time and PSNR curve in `<work>_partial.json`, so a killed case resumes from its
     last chunk (bit-identically: kfsr.train.loop) instead of from step 0; both are removed when
-    it finishes."""
+    it finishes. SSR rows run `kfsr.methods.ssr.run_full`: their kernel is the estimated field
+    (h, w, K, K), and `svkr_psnr_y` is the PSNR-Y of SVKR's RRDB image. `random_init` (SSR rows;
+    tests only): untrained random weights instead of config.checkpoints (plumbing, meaningless
+    numbers)."""
     import jax
 
     from kfsr import io, metrics
@@ -115,6 +199,7 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
 
     t0 = time.time()
     curve: list = []  # [step, PSNR-Y] after each loop chunk (iterative methods)
+    extra: dict = {}  # method-specific metrics (SSR: svkr_psnr_y)
     ckpt = partial = None
     before = 0.0  # seconds spent by earlier, killed attempts at this case
     if work is not None and method != "bicubic":
@@ -130,6 +215,8 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         cfg.seed = seed
         kw = {}
         run = get_method(cfg.method)
+        if method in SSR_METHODS:
+            run, kw = _ssr_run_and_kwargs(method, cfg, case, random_init)
         if case.hr is not None and "monitor" in inspect.signature(run).parameters:
             def monitor(step, hr_now, kernel_now):
                 curve[:] = [c for c in curve if c[0] < step]  # chunks redone after a resume
@@ -141,16 +228,44 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
         if _given_kernel(method):
             if case.kernel is None:
                 raise ValueError(f"{case.name}: the oracle needs the ground-truth kernel")
+            if case.kernel.ndim != 2 and _needs_2d_kernel(method):
+                raise ValueError(f"{case.name}: {method} needs one (K, K) kernel, the set has a "
+                                 f"spatially variant field {case.kernel.shape} (use ssr_oracle)")
             kw["kernel"] = case.kernel
         if ckpt and "checkpoint_dir" in inspect.signature(run).parameters:
             kw["checkpoint_dir"] = ckpt
         res = run(cfg, case.lr, jax.random.key(seed), progress=False, **kw)
-        hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
+        if method in SSR_METHODS:  # an SSROutput: the whole field and SVKR's image
+            hr, kernel = np.asarray(res.hr), np.asarray(res.field)
+            if case.hr is not None:
+                extra["svkr_psnr_y"] = metrics.psnr_y(np.asarray(res.sr_svkr), case.hr, scale=scale)
+            if random_init:
+                extra["random_init"] = 1.0
+        else:
+            hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
     out = _metrics_of(method, case, hr, kernel, scale, forward)
+    out.update({k: float(v) for k, v in extra.items()})
     out["seconds"] = before + time.time() - t0
     if before:
         out["resumed"] = 1.0
     return out, hr, kernel, curve
+
+
+def _ssr_run_and_kwargs(method: str, cfg, case, random_init: bool):
+    """(kfsr.methods.ssr.run_full, its keyword arguments) for an SSR row: ssr_gt_depth gets the
+    set's true depth map (Case.depth, (h, w)) as the user's depth; random_init: untrained weights
+    (`ssr.init_params`, seed 0; tests only)."""
+    from kfsr.methods import ssr
+
+    kw = {}
+    if method == "ssr_gt_depth":
+        if case.depth is None:
+            raise ValueError(f"{case.name}: ssr_gt_depth needs a set with depth maps "
+                             "(--kernels depth_field)")
+        kw["depth"] = case.depth
+    if random_init:
+        kw["params"] = ssr.init_params(ssr.make_setup(cfg), seed=0)
+    return ssr.run_full, kw
 
 
 def _drop_work(work: str) -> None:
@@ -178,7 +293,114 @@ def _kernel_psnr_any_size(k, k_gt) -> float:
     return metrics.kernel_psnr(k, g)
 
 
+def aligned_field_errors(field, field_gt, chunk: int = 256) -> np.ndarray:
+    """Per-pixel `kfsr.metrics.aligned_kernel_error` (normalize=True, subpixel=True) of two kernel
+    fields, vectorised over pixels (same algorithm, same canvases; equal to the per-pixel calls
+    up to float rounding).
+
+    field: (h, w, Ka, Ka) or one (Ka, Ka) kernel (broadcast to every pixel); field_gt: (h, w, Kg,
+    Kg). The sizes may differ (each kernel is centred on a common zero canvas, as a central
+    zero-padding would do; the error is shift invariant). Returns (h, w) float64."""
+    g = np.asarray(field_gt, np.float64)
+    k = np.asarray(field, np.float64)
+    if g.ndim != 4 or g.shape[2] != g.shape[3]:
+        raise ValueError(f"field_gt: expected (h, w, K, K), got {g.shape}")
+    if k.ndim == 2:
+        k = np.broadcast_to(k, g.shape[:2] + k.shape)
+    if k.ndim != 4 or k.shape[:2] != g.shape[:2]:
+        raise ValueError(f"field: expected (K, K) or {g.shape[:2]} + (K, K), got {k.shape}")
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(g))):
+        raise ValueError("aligned_field_errors: NaN or Inf in a field")
+    hw = g.shape[:2]
+    k, g = k.reshape((-1,) + k.shape[2:]), g.reshape((-1,) + g.shape[2:])
+    out = np.concatenate([_aligned_errors_flat(k[i:i + chunk], g[i:i + chunk])
+                          for i in range(0, len(g), chunk)])
+    return out.reshape(hw)
+
+
+def _aligned_errors_flat(a, g) -> np.ndarray:
+    """a (n, Ka, Ka), g (n, Kg, Kg) -> (n,): metrics.aligned_kernel_error's steps 1-5 per row."""
+    sa, sg = a.sum((1, 2), keepdims=True), g.sum((1, 2), keepdims=True)
+    if np.any(sa <= 0) or np.any(sg <= 0):
+        raise ValueError("aligned_field_errors: a kernel with sum <= 0")
+    a, g = a / sa, g / sg
+    n = len(a)
+    size = tuple(int(na + ng + 1) | 1 for na, ng in zip(a.shape[1:], g.shape[1:]))
+
+    def embed(x):
+        o = [(s - m) // 2 for s, m in zip(size, x.shape[1:])]
+        c = np.zeros((n,) + size)
+        c[:, o[0]:o[0] + x.shape[1], o[1]:o[1] + x.shape[2]] = x
+        return c
+
+    A, G = embed(a), embed(g)
+    FA, FG = np.fft.fft2(A), np.fft.fft2(G)
+    corr = np.real(np.fft.ifft2(np.conj(FA) * FG)).reshape(n, -1)
+    lag = [np.fft.ifftshift(np.arange(m) - m // 2) for m in size]
+    iy, ix = np.unravel_index(np.argmax(corr, axis=1), size)
+    centre = np.stack([lag[0][iy], lag[1][ix]], 1).astype(np.float64)  # (n, 2)
+    fy, fx = np.fft.fftfreq(size[0]), np.fft.fftfreq(size[1])
+    X = FA * np.conj(FG) / (size[0] * size[1])
+    half, grid = 1.0, np.linspace(-1.0, 1.0, 41)
+    for _ in range(4):
+        dy = centre[:, :1] + half * grid  # (n, 41)
+        dx = centre[:, 1:] + half * grid
+        ey = np.exp(-2j * np.pi * dy[:, :, None] * fy[None, None, :])  # (n, 41, S0)
+        ex = np.exp(-2j * np.pi * dx[:, :, None] * fx[None, None, :])  # (n, 41, S1)
+        # einsum, not matmul: BLAS thread start-up per tiny product dominates on a busy machine
+        c = np.real(np.einsum("nil,njl->nij", np.einsum("nik,nkl->nil", ey, X), ex))  # (n, 41, 41)
+        i, j = np.unravel_index(np.argmax(c.reshape(n, -1), axis=1), (41, 41))
+        centre = np.stack([dy[np.arange(n), i], dx[np.arange(n), j]], 1)
+        half /= 20.0
+    phase = np.exp(-2j * np.pi * (fy[None, :, None] * centre[:, 0, None, None]
+                                  + fx[None, None, :] * centre[:, 1, None, None]))
+    aligned = np.real(np.fft.ifft2(FA * phase))
+    err = np.linalg.norm((aligned - G).reshape(n, -1), axis=1)
+    return err / np.linalg.norm(g.reshape(n, -1), axis=1)
+
+
+def field_lr_psnr(hr_gt, field, lr, spec) -> float:
+    """MANet's LR-consistency PSNR of a kernel field: the ground-truth HR (H, W, 3) re-degraded
+    with `field` ((h, w, K, K) on the LR grid, or one (K, K) kernel broadcast to every pixel)
+    under the set's spatially variant forward model `spec` (noise-free) vs the LR (h, w, 3); dB,
+    RGB, peak 1, no shave."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from kfsr.degrade.spatial import degrade_spatial
+
+    lr = np.asarray(lr, np.float64)
+    f = np.asarray(field, np.float32)
+    if f.ndim == 2:
+        f = np.broadcast_to(f, lr.shape[:2] + f.shape)
+    y = degrade_spatial(jnp.asarray(hr_gt, jnp.float32), jnp.asarray(f),
+                        dataclasses.replace(spec, noise_sigma=0.0))
+    y = np.asarray(y, np.float64)
+    if y.shape != lr.shape:
+        raise ValueError(f"re-degraded HR {y.shape} vs LR {lr.shape} (field {f.shape})")
+    mse = float(np.mean((y - lr) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def _field_metrics(method: str, case, kernel, forward) -> dict:
+    """A spatially variant set (Case.kernel (h, w, K, K)): field_error = mean aligned per-pixel
+    kernel error of the estimate (a global kernel counted at every pixel), field_lr_psnr =
+    `field_lr_psnr` under the set's forward model. Nothing for the given-kernel rows."""
+    if kernel is None or _given_kernel(method):
+        return {}
+    if forward is None:
+        raise ValueError("field metrics need the set's forward model (dataset_forward_model)")
+    out = {"field_error": float(np.mean(aligned_field_errors(kernel, case.kernel)))}
+    if case.hr is not None:
+        out["field_lr_psnr"] = field_lr_psnr(case.hr, kernel, case.lr, forward)
+    return out
+
+
 def _metrics_of(method: str, case, hr, kernel, scale: int, forward=None) -> dict:
+    """PSNR / SSIM (Y, shave = scale) against the ground truth, LR consistency and kernel errors.
+    On a spatially variant set (Case.kernel (h, w, K, K)) the kernel metrics are `_field_metrics`;
+    elsewhere an estimated field (SSR) is compared through its mean kernel."""
     from kfsr import metrics
     from kfsr.degrade import Degradation
 
@@ -186,9 +408,18 @@ def _metrics_of(method: str, case, hr, kernel, scale: int, forward=None) -> dict
     if case.hr is not None:
         out["psnr_y"] = metrics.psnr_y(hr, case.hr, scale=scale)
         out["ssim_y"] = metrics.ssim_y(hr, case.hr, scale=scale)
+    if case.kernel is not None and case.kernel.ndim == 4:
+        out.update(_field_metrics(method, case, kernel, forward))
+        return {k: float(v) for k, v in out.items()}
+    if kernel is not None and kernel.ndim == 4:
+        kernel = np.mean(kernel.reshape((-1,) + kernel.shape[2:]), axis=0)  # SSR's Result.kernel
+        kernel = kernel / kernel.sum()
     if kernel is not None:
-        # LR consistency under the method's own forward model (BlindDiff: blur + bicubic)
+        # LR consistency under the method's own forward model (BlindDiff: blur + bicubic; SSR:
+        # configs/ssr.py's reflect padding, stride sampling at offset 0)
         spec = Degradation.blinddiff(scale) if method in BLINDDIFF_METHODS else Degradation.dkp(scale)
+        if method in SSR_METHODS:
+            spec = Degradation(scale=scale, padding="reflect")
         if method in _KF_ABLATIONS and forward is not None:
             spec = forward  # KernelFusion runs with the set's own forward model (_config_for)
         out["lr_psnr"] = metrics.lr_consistency_psnr(hr, kernel, case.lr, spec)
@@ -253,7 +484,7 @@ def _case_env(out: str) -> dict:
 
 
 PRESET_METHODS = (("oracle_dip", "dkp", "dkp_motion", "diff_dkp") + tuple(_KF_ABLATIONS)
-                  + BLINDDIFF_METHODS)  # the methods --preset applies to
+                  + BLINDDIFF_METHODS + SSR_METHODS)  # the methods --preset applies to
 
 
 def _result_dir(method: str, preset: str | None) -> str:
@@ -277,7 +508,7 @@ def _groups(method: str, todo: list, batch: int) -> list[list]:
 
 
 def run_batch_cases(method: str, cases: list, scale: int, preset: str | None, seed: int,
-                    overrides: dict):
+                    overrides: dict, forward=None):
     """Run one blind method on same-size Cases as one vmapped batch (kfsr.parallel shards it
     over the devices). Yields (metrics, hr, kernel, curve) per case; seconds = batch time / B."""
     import jax
@@ -292,7 +523,7 @@ def run_batch_cases(method: str, cases: list, scale: int, preset: str | None, se
     hr, kernel = np.asarray(res.hr), np.asarray(res.kernel)
     sec = (time.time() - t0) / len(cases)
     for b, c in enumerate(cases):
-        m = _metrics_of(method, c, np.clip(hr[b], 0, 1), kernel[b], scale)
+        m = _metrics_of(method, c, np.clip(hr[b], 0, 1), kernel[b], scale, forward)
         m["seconds"], m["batch"] = sec, float(len(cases))
         yield m, hr[b], kernel[b], []
 
@@ -307,12 +538,12 @@ def _case_main(spec: dict) -> None:
     by_name = {c.name: c for c in cases}
     todo = [by_name[n] for n in spec["images"]]
     args = (spec["scale"], spec["preset"], spec["seed"], spec["overrides"])
+    forward = dataset_forward_model(spec["dataset"], spec["family"], spec["scale"])
     if len(todo) == 1:
-        forward = dataset_forward_model(spec["dataset"], spec["family"], spec["scale"])
         outs = [run_case(spec["method"], todo[0], *args, forward=forward,
-                         work=spec["results"][0][:-5])]
+                         work=spec["results"][0][:-5], random_init=spec.get("random_init", False))]
     else:
-        outs = list(run_batch_cases(spec["method"], todo, *args))
+        outs = list(run_batch_cases(spec["method"], todo, *args, forward=forward))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for (m, hr, kernel, curve), result in zip(outs, spec["results"]):
         m["peak_mib"] = peak
@@ -326,12 +557,22 @@ def _case_main(spec: dict) -> None:
         _drop_work(base)
 
 
-def _table(rows: list[dict], methods: list[str]) -> str:
-    cols = ["psnr_y", "ssim_y", "kernel_psnr", "kernel_error", "lr_psnr", "seconds", "peak_mib"]
-    head = ("| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | s / image "
-            "| peak MiB | % of oracle gain |")
+def _table(rows: list[dict], methods: list[str], spatially_variant: bool = False) -> str:
+    """Markdown table, one line per method (means; median time and memory). A spatially variant
+    set (`spatially_variant`) shows SVKR's PSNR-Y, the field error and MANet's field LR-PSNR
+    (`_field_metrics`) instead of the kernel PSNR / aligned error / the method's LR PSNR."""
+    if spatially_variant:
+        cols = ["psnr_y", "ssim_y", "svkr_psnr_y", "field_error", "field_lr_psnr", "seconds",
+                "peak_mib"]
+        head = ("| method | n | PSNR-Y | SSIM-Y | SVKR PSNR-Y | field err (aligned, mean/px) "
+                "| field LR PSNR (MANet) | s / image | peak MiB | % of oracle gain |")
+    else:
+        cols = ["psnr_y", "ssim_y", "kernel_psnr", "kernel_error", "lr_psnr", "seconds", "peak_mib"]
+        head = ("| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR "
+                "| s / image | peak MiB | % of oracle gain |")
     lines = [head, "|---" * 10 + "|"]
-    oracle = next((o for o in ("oracle_dip", "oracle_fft") if any(r["method"] == o for r in rows)), None)
+    oracle = next((o for o in ("oracle_dip", "oracle_fft", "ssr_oracle")
+                   if any(r["method"] == o for r in rows)), None)
 
     def mean_psnr(method, images):
         v = [r["psnr_y"] for r in rows if r["method"] == method and r["image"] in images and "psnr_y" in r]
@@ -349,11 +590,27 @@ def _table(rows: list[dict], methods: list[str]) -> str:
         vals = []
         for c in cols:
             v = [r[c] for r in rs if c in r]
-            fmt = "{:.4f}" if c in ("ssim_y", "kernel_error") else "{:.2f}" if c != "peak_mib" else "{:.0f}"
+            fmt = ("{:.4f}" if c in ("ssim_y", "kernel_error", "field_error")
+                   else "{:.2f}" if c != "peak_mib" else "{:.0f}")
             vals.append(fmt.format(np.median(v) if c in ("seconds", "peak_mib") else np.mean(v))
                         if v else "–")
         lines.append(f"| {m} | {len(rs)} | " + " | ".join(vals) + f" | {gain} |")
     return "\n".join(lines)
+
+
+def _kernel_image(k) -> np.ndarray:
+    """What the kernel figure shows: a (K, K) kernel as is; an (h, w, K, K) field as a 3x3 mosaic
+    of the kernels at evenly spaced LR pixels (rows top to bottom), each scaled to its maximum."""
+    k = np.asarray(k, np.float32)
+    if k.ndim == 2:
+        return k
+    h, w, K = k.shape[0], k.shape[1], k.shape[2]
+    ys, xs = (np.linspace(0, n - 1, 5)[1:4].round().astype(int) for n in (h, w))
+    tiles = [[k[y, x] / max(float(k[y, x].max()), 1e-12) for x in xs] for y in ys]
+    gap = np.full((K, 1), np.nan, np.float32)
+    rows = [np.concatenate(sum(([t, gap] for t in r), [])[:-1], axis=1) for r in tiles]
+    sep = np.full((1, rows[0].shape[1]), np.nan, np.float32)
+    return np.concatenate(sum(([r, sep] for r in rows), [])[:-1], axis=0)
 
 
 def _kernel_figure(rows, cases, methods, path):
@@ -368,12 +625,13 @@ def _kernel_figure(rows, cases, methods, path):
     fig, axes = plt.subplots(len(cases), len(ms) + 1, figsize=(1.6 * (len(ms) + 1), 1.6 * len(cases)),
                              squeeze=False)
     for i, c in enumerate(cases):
-        axes[i, 0].imshow(c.kernel if c.kernel is not None else np.zeros((3, 3)), cmap="magma")
+        axes[i, 0].imshow(_kernel_image(c.kernel) if c.kernel is not None else np.zeros((3, 3)),
+                          cmap="magma")
         axes[i, 0].set_title(f"{c.name}: true", fontsize=6)
         for j, m in enumerate(ms):
             r = next((r for r in rows if r["method"] == m and r["image"] == c.name), None)
             if r and r.get("kernel_path") and os.path.isfile(r["kernel_path"]):
-                axes[i, j + 1].imshow(np.load(r["kernel_path"]), cmap="magma")
+                axes[i, j + 1].imshow(_kernel_image(np.load(r["kernel_path"])), cmap="magma")
             axes[i, j + 1].set_title(m, fontsize=6)
     for a in axes.ravel():
         a.axis("off")
@@ -488,12 +746,25 @@ def main(argv=None):
                         "real motion kernels),l_shape,empty_square,filled_square; 'shapes' = the "
                         "three synthetic shapes; 'blind' = KernelFusion's grid (all of them); "
                         "aniso_gaussian (BlindDiff's setting-2 kernels, blur + bicubic "
-                        "downsampling: kfsr.data.BICUBIC_FAMILIES)")
-    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip, the kernelfusion and the blinddiff rows (default: cpu)")
+                        "downsampling: kfsr.data.BICUBIC_FAMILIES); depth_field (spatially "
+                        "variant: synthetic depth + SSR's depth-dependent kernel field per LR "
+                        "pixel, x4 or x2: kfsr.data.SV_FAMILIES)")
+    p.add_argument("--preset", default=None, help="preset for dkp, dkp_motion, diff_dkp, oracle_dip, the kernelfusion, the blinddiff and the ssr rows (default: cpu)")
     p.add_argument("--checkpoint", default=None,
                    help="blinddiff, blinddiff_oracle: the trained MCFormer (a `python -m "
                         "kfsr.train.supervised` workdir or its model/ folder), e.g. "
                         "results/blinddiff_cpu")
+    p.add_argument("--ssr-ckpt", default=None,
+                   help="ssr, ssr_gt_depth, ssr_oracle: dkenet=DIR,rrdb=DIR,denoiser=DIR, the "
+                        "workdirs of python -m kfsr.train.supervised --config=configs/ssr.py:cpu "
+                        "--config.part=<part> (ssr_oracle: rrdb and denoiser only)")
+    p.add_argument("--ssr-nodepth-ckpt", default=None,
+                   help="ssr_nodepth: dkenet=DIR,rrdb=DIR,denoiser=DIR trained with "
+                        "--config.use_depth=False (rrdb: default the one of --ssr-ckpt)")
+    # tests only: the ssr rows with untrained random weights (plumbing; meaningless numbers),
+    # in their own result folders (<method>[_preset]_random_init)
+    p.add_argument("--_ssr-random-init", dest="ssr_random_init", action="store_true",
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--images", default=None, help="comma list of image names to run")
@@ -528,6 +799,24 @@ def main(argv=None):
                              "python -m kfsr.train.supervised --config=configs/blinddiff.py:cpu "
                              f"--workdir={ckpt})")
         bd_overrides["checkpoint"] = os.path.abspath(ckpt)
+    if a.ssr_random_init and a.update_docs:
+        raise SystemExit("error: --_ssr-random-init (untrained weights, tests only) cannot "
+                         "--update-docs")
+    ssr_ckpt = _parse_ckpts("--ssr-ckpt", a.ssr_ckpt)
+    ssr_nd_ckpt = _parse_ckpts("--ssr-nodepth-ckpt", a.ssr_nodepth_ckpt)
+    method_overrides = {m: bd_overrides if m in BLINDDIFF_METHODS else overrides for m in methods}
+    for m in methods:
+        if m in SSR_METHODS:
+            ckpts = ({} if a.report_only else
+                     _ssr_overrides(m, ssr_ckpt, ssr_nd_ckpt, a.ssr_random_init))
+            method_overrides[m] = dict(overrides, **ckpts)
+    configured = ([_config_for(m, a.scale, a.preset, {}) for m in methods if m != "bicubic"]
+                  if overrides else [])
+    for field in overrides:  # each --set applies to the methods whose config has the field
+        if not any(_has_field(c, field) for c in configured):
+            named = ", ".join(m for m in methods if m != "bicubic") or "(bicubic only)"
+            raise SystemExit(f"error: --set {field}=...: no such config field in the configs of "
+                             f"{named}")
     subsets = {}
     for item in a.subset:
         m, _, imgs = item.partition(":")
@@ -547,12 +836,19 @@ def main(argv=None):
             cases = [c for c in cases if c.name in keep]
         run_dir = os.path.join(a.out, set_name)
         rows, pending = [], []
+        sv = any(c.kernel is not None and c.kernel.ndim == 4 for c in cases)
         for m in methods:
+            if sv and _needs_2d_kernel(m):
+                print(f"[{set_name}] {m}: skipped (needs one global kernel; this set's kernels are "
+                      "spatially variant fields: use ssr_oracle)", flush=True)
+                continue
             todo, mine = [], {}
+            res_dir = _result_dir(m, a.preset) + (
+                "_random_init" if a.ssr_random_init and m in SSR_METHODS else "")
             for c in cases:
                 if m in subsets and c.name not in subsets[m]:
                     continue
-                res_path = os.path.join(run_dir, _result_dir(m, a.preset), c.name + ".json")
+                res_path = os.path.join(run_dir, res_dir, c.name + ".json")
                 if not os.path.isfile(res_path) and a.report_only:
                     pending.append(f"{m}/{c.name}")
                     continue
@@ -568,7 +864,8 @@ def main(argv=None):
                 mine[c.name] = res_path
             base_spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
                              seed=a.seed, out=a.out, preset=a.preset,
-                             overrides=bd_overrides if m in BLINDDIFF_METHODS else overrides)
+                             overrides=method_overrides[m],
+                             random_init=bool(a.ssr_random_init and m in SSR_METHODS))
             for group in _groups(m, todo, a.batch):
                 names = [c.name for c, _, _ in group]
                 spec = dict(base_spec, images=names, results=[r for _, r, _ in group])
@@ -593,7 +890,7 @@ def main(argv=None):
                 print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
         if pending:
             print(f"not in this table (not finished): {', '.join(pending)}", flush=True)
-        table = _table(rows, methods)
+        table = _table(rows, methods, spatially_variant=sv)
         from kfsr import io
 
         io.write_json(os.path.join(run_dir, "results.json"), rows)
@@ -610,11 +907,13 @@ def main(argv=None):
         if a.update_docs:
             when = datetime.date.today().isoformat()
             machine = _machine()
-            per_image = ["| method | image | PSNR-Y | SSIM-Y | kernel PSNR | s |", "|---" * 6 + "|"]
+            kcol, kname, kfmt = (("field_error", "field err", "{:.4f}") if sv
+                                 else ("kernel_psnr", "kernel PSNR", "{:.2f}"))
+            per_image = [f"| method | image | PSNR-Y | SSIM-Y | {kname} | s |", "|---" * 6 + "|"]
             for r in rows:
                 per_image.append(f"| {r['method']} | {r['image']} | {r.get('psnr_y', float('nan')):.2f} | "
-                                 f"{r.get('ssim_y', float('nan')):.4f} | {r.get('kernel_psnr', float('nan')):.2f} | "
-                                 f"{r['seconds']:.0f} |")
+                                 f"{r.get('ssim_y', float('nan')):.4f} | "
+                                 f"{kfmt.format(r.get(kcol, float('nan')))} | {r['seconds']:.0f} |")
             run_cmd = cmd.replace(" --report-only", "")  # what reproduces the numbers
             todo = (f"Not finished yet (the command resumes them): {', '.join(pending)}\n\n"
                     if pending else "")

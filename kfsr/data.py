@@ -5,6 +5,11 @@ a seeded kernel of a named family, degraded with a named `Degradation`, rounded 
 generated set is cached in a folder with `hr/`, `lr/`, `kernels/` (.npy) and a `manifest.json`
 recording the degradation spec, kernel family, seed and per-image kernel, so a benchmark never
 depends on an LR image whose making is not written down.
+
+Spatially variant family `depth_field` (SV_FAMILIES, issue 6): per image a synthetic depth map on
+the LR grid and the depth-dependent kernel field of SSR's training family (configs/ssr.py,
+kfsr/train/depth_fields.py), LR = `degrade_spatial(HR, field, spec)`; the field (h, w, K, K) is
+saved in `fields/` and the depth (h, w) in `depth/` instead of a kernel in `kernels/`.
 """
 from __future__ import annotations
 
@@ -33,8 +38,9 @@ class Case:
     name: str
     lr: np.ndarray  # (h, w, 3) float32 in [0, 1]
     hr: np.ndarray | None = None  # (h*s, w*s, 3)
-    kernel: np.ndarray | None = None  # (K, K)
+    kernel: np.ndarray | None = None  # (K, K), or (h, w, K, K) per LR pixel (SV_FAMILIES)
     lr_path: str | None = None
+    depth: np.ndarray | None = None  # (h, w) in [0, 1], larger = farther (SV_FAMILIES)
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -52,11 +58,52 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 BICUBIC_FAMILIES = {"aniso_gaussian": 21}
 
 
+# Spatially variant families -> the configs/ssr.py preset whose training family (and forward
+# model: reflect padding, stride sampling at offset 0, K per LR pixel) makes the set, per scale:
+# x4 the cpu preset (K 21, MANet's), x2 the test preset (K 11; tests only).
+SV_FAMILIES = {"depth_field": {4: "cpu", 2: "test"}}
+
+
+def depth_field_setup(scale: int):
+    """The SSR Setup (kfsr.methods.ssr_setup) whose `family` (a DepthFieldFamily) and `spec` (a
+    Degradation) make a `depth_field` set at `scale`; KfsrInputError for a scale without one."""
+    from kfsr.api import default_config
+    from kfsr.methods.ssr_setup import make_setup
+
+    preset = SV_FAMILIES["depth_field"].get(scale)
+    if preset is None:
+        raise KfsrInputError(f"kernel family 'depth_field' exists at x"
+                             f"{' and x'.join(map(str, sorted(SV_FAMILIES['depth_field'])))} "
+                             f"(configs/ssr.py presets), not x{scale}")
+    return make_setup(default_config("ssr", preset))
+
+
 def degradation_of(family: str, scale: int):
-    """The forward model a generated set of `family` is made with."""
+    """The forward model a generated set of `family` is made with (for SV_FAMILIES the spatially
+    variant one of `kfsr.degrade.spatial.degrade_spatial`)."""
     from kfsr.degrade import Degradation
 
+    if family in SV_FAMILIES:
+        return depth_field_setup(scale).spec
     return Degradation.blinddiff(scale) if family in BICUBIC_FAMILIES else Degradation.dkp(scale)
+
+
+def make_depth_field_case(hr: np.ndarray, key, family, spec) -> dict:
+    """One `depth_field` example, drawn as SSR's training data is (DepthFieldFamily.draw and
+    .synthesize) from a numpy generator seeded by the raw data of the jax `key`.
+
+    hr: (H, W, 3) in [0, 1]. Returns dict(lr (h, w, 3) float32, noise-free, neither clipped nor
+    quantised; field (h, w, K, K) float32, one sum-1 kernel per LR pixel; depth (h, w) float32
+    in [0, 1]; params: the drawn theta, anisotropy and depth key, JSON-ready)."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+    hb = family.draw(rng, 1)
+    hb["hr"] = np.asarray(hr, np.float32)[None]
+    out = family.synthesize(hb, spec)
+    params = {"theta": float(hb["k_theta"][0]), "anisotropy": float(hb["k_aniso"][0]),
+              "depth_key": [int(v) for v in hb["d_key"][0]]}
+    return {"lr": np.asarray(out["lr"][0], np.float32),
+            "field": np.asarray(out["kernel"][0], np.float32),
+            "depth": np.asarray(out["depth"][0], np.float32), "params": params}
 
 
 def aniso_gaussian_kernel(key, size: int = 21) -> np.ndarray:
@@ -116,8 +163,14 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
         paths = paths[:limit]
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
-            if len(json.load(f)["images"]) >= len(paths):
-                return root
+            manifest = json.load(f)
+        if family in SV_FAMILIES:
+            _check_sv_manifest(manifest, manifest_path, scale)
+        if len(manifest["images"]) >= len(paths):
+            return root
+    if family in SV_FAMILIES:
+        return _build_sv_set(root, paths, crop=crop, scale=scale, family=family, seed=seed,
+                             dataset=dataset)
     spec = degradation_of(family, scale)
     size = BICUBIC_FAMILIES.get(family) or kernels.dkp_kernel_size(scale)
     records = []
@@ -126,7 +179,7 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
         hr = center_crop(io.load_image(path), crop)
         k = make_kernel(family, jax.random.fold_in(jax.random.key(seed), idx), scale, size)
         lr = np.asarray(degrade(hr, k, spec))
-        lr = np.round(np.clip(lr, 0, 1) * 255) / 255
+        lr = _quantise(lr)
         io.save_image(os.path.join(root, "hr", stem + ".png"), hr)
         io.save_image(os.path.join(root, "lr", stem + ".png"), lr)
         os.makedirs(os.path.join(root, "kernels"), exist_ok=True)
@@ -142,8 +195,63 @@ def build_set(dataset: str, *, crop: int = 224, scale: int = 4, family: str = "g
     return root
 
 
+def _quantise(lr: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] and round to 8-bit levels (what the saved PNG holds)."""
+    return np.round(np.clip(lr, 0, 1) * 255) / 255
+
+
+def _check_sv_manifest(manifest: dict, path: str, scale: int) -> None:
+    """A cached `depth_field` set must have been made with today's SSR training family (the
+    configs/ssr.py preset of SV_FAMILIES); KfsrInputError naming the manifest otherwise."""
+    fam = json.loads(json.dumps(dataclasses.asdict(depth_field_setup(scale).family)))
+    if manifest.get("family") != fam:
+        raise KfsrInputError(f"{path}: made with kernel family {manifest.get('family')}, "
+                             f"configs/ssr.py now gives {fam}; delete the folder to rebuild it")
+
+
+def _build_sv_set(root: str, paths: list, *, crop: int, scale: int, family: str, seed: int,
+                  dataset: str) -> str:
+    """A `depth_field` set (SV_FAMILIES): image idx drawn with jax.random.fold_in(key(seed), idx)
+    (`make_depth_field_case`); hr/, lr/ (uint8 PNG), fields/<name>.npy (h, w, K, K) float32,
+    depth/<name>.npy (h, w) float32 and the manifest."""
+    from kfsr.methods.ssr_setup import lambda_range
+
+    setup = depth_field_setup(scale)
+    fam, spec = setup.family, setup.spec
+    records = []
+    for idx, path in enumerate(paths):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        hr = center_crop(io.load_image(path), crop)
+        ex = make_depth_field_case(hr, jax.random.fold_in(jax.random.key(seed), idx), fam, spec)
+        io.save_image(os.path.join(root, "hr", stem + ".png"), hr)
+        io.save_image(os.path.join(root, "lr", stem + ".png"), _quantise(ex["lr"]))
+        for sub, arr in (("fields", ex["field"]), ("depth", ex["depth"])):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+            np.save(os.path.join(root, sub, stem + ".npy"), arr)
+        records.append({"name": stem, "source": os.path.relpath(path, SHARED_DATA),
+                        "depth_range": [float(ex["depth"].min()), float(ex["depth"].max())],
+                        **ex["params"]})
+    io.write_json(os.path.join(root, "manifest.json"), {
+        "protocol": f"c{crop}", "dataset": dataset, "scale": scale, "kernel_family": family,
+        "seed": seed, "kernel_size": fam.size, "spatially_variant": True,
+        "field_source": f"configs/ssr.py:{SV_FAMILIES[family][scale]} data.kernel "
+                        "(kfsr.train.depth_fields.DepthFieldFamily)",
+        "family": dataclasses.asdict(fam), "lambda_range": list(lambda_range(setup)),
+        "forward_model": "kfsr.degrade.spatial.degrade_spatial (one kernel per LR pixel, MANet's "
+                         "gather model), noise-free",
+        "degradation": dataclasses.asdict(spec),
+        "kernel_centre": "aligned: centre of mass at K // 2 + (s - 1) / 2",
+        "per_image_seed": "jax.random.fold_in(jax.random.key(seed), index) -> numpy generator "
+                          "-> DepthFieldFamily.draw", "quantised": "uint8",
+        "layout": "fields/<name>.npy (h, w, K, K) float32, depth/<name>.npy (h, w) float32",
+        "images": records})
+    return root
+
+
 def load_set(root: str, limit: int | None = None) -> list[Case]:
-    """A protocol folder (hr/, lr/, kernels/) -> Cases; hr and kernels optional."""
+    """A protocol folder (hr/, lr/, kernels/ or fields/ + depth/) -> Cases; hr and kernels
+    optional; a field (fields/<name>.npy, (h, w, K, K)) becomes Case.kernel and depth/<name>.npy
+    Case.depth."""
     from kfsr.degrade import kernels
 
     lr_dir = os.path.join(root, "lr")
@@ -154,10 +262,23 @@ def load_set(root: str, limit: int | None = None) -> list[Case]:
         stem = os.path.splitext(os.path.basename(p))[0]
         hr_p = os.path.join(root, "hr", stem + ".png")
         k_p = os.path.join(root, "kernels", stem + ".npy")
+        f_p, d_p = (os.path.join(root, sub, stem + ".npy") for sub in ("fields", "depth"))
+        kernel = kernels.load_kernel(k_p) if os.path.isfile(k_p) else None
+        if os.path.isfile(f_p):
+            kernel = _load_field(f_p)
         cases.append(Case(name=stem, lr=io.load_image(p), lr_path=p,
                           hr=io.load_image(hr_p) if os.path.isfile(hr_p) else None,
-                          kernel=kernels.load_kernel(k_p) if os.path.isfile(k_p) else None))
+                          kernel=kernel,
+                          depth=np.load(d_p).astype(np.float32) if os.path.isfile(d_p) else None))
     return cases
+
+
+def _load_field(path: str) -> np.ndarray:
+    """A stored kernel field -> (h, w, K, K) float32; KfsrInputError naming the file otherwise."""
+    f = np.load(path).astype(np.float32)
+    if f.ndim != 4 or f.shape[2] != f.shape[3] or not np.all(np.isfinite(f)):
+        raise KfsrInputError(f"{path}: expected a finite (h, w, K, K) kernel field, got {f.shape}")
+    return f
 
 
 def load_div2krk(root: str, scale: int, limit: int | None = None) -> list[Case]:
