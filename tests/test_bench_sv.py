@@ -76,24 +76,24 @@ def test_field_metrics_on_a_constructed_case():
     hr, ex, spec = _constructed_case()
     field, lr = ex["field"], ex["lr"]
     # the true field: no error, the LR reproduced exactly
-    assert bench.aligned_field_errors(field, field).max() < 1e-6
-    assert bench.field_lr_psnr(hr, field, lr, spec) > 80
+    assert metrics.aligned_field_errors(field, field).max() < 1e-6
+    assert metrics.field_lr_psnr(hr, field, lr, spec) > 80
     # a global kernel == the constant field of that kernel, pixel by pixel equal to
     # kfsr.metrics.aligned_kernel_error (here a 9x9 kernel vs the 11x11 truth)
     k = np.asarray(spatial.gaussian_field(9, 2.0, 1.0, 0.3, scale=SCALE))
     const = np.broadcast_to(k, field.shape[:2] + k.shape)
-    e_global = bench.aligned_field_errors(k, field)
-    np.testing.assert_allclose(bench.aligned_field_errors(const, field), e_global, rtol=1e-12)
+    e_global = metrics.aligned_field_errors(k, field)
+    np.testing.assert_allclose(metrics.aligned_field_errors(const, field), e_global, rtol=1e-12)
     for y, x in ((0, 0), (5, 11), (15, 15)):
         assert abs(e_global[y, x] - metrics.aligned_kernel_error(k, field[y, x])) < 1e-9
-    assert bench.field_lr_psnr(hr, k, lr, spec) == bench.field_lr_psnr(hr, const, lr, spec)
-    assert bench.field_lr_psnr(hr, k, lr, spec) < bench.field_lr_psnr(hr, field, lr, spec)
+    assert metrics.field_lr_psnr(hr, k, lr, spec) == metrics.field_lr_psnr(hr, const, lr, spec)
+    assert metrics.field_lr_psnr(hr, k, lr, spec) < metrics.field_lr_psnr(hr, field, lr, spec)
     # the harness' per-case metrics: a blind global kernel gets both field metrics, the oracle
     # row (given the field) none; an SV set has no kernel PSNR / method LR PSNR
     case = data.Case(name="x", lr=lr, hr=hr, kernel=field, depth=ex["depth"])
     m = bench._metrics_of("dkp", case, np.clip(hr, 0, 1), k, SCALE, spec)
     assert m["field_error"] == pytest.approx(float(np.mean(e_global)))
-    assert m["field_lr_psnr"] == pytest.approx(bench.field_lr_psnr(hr, k, lr, spec))
+    assert m["field_lr_psnr"] == pytest.approx(metrics.field_lr_psnr(hr, k, lr, spec))
     assert m["psnr_y"] == float("inf") or m["psnr_y"] > 90
     assert "kernel_psnr" not in m and "lr_psnr" not in m
     oracle = bench._metrics_of("ssr_oracle", case, hr, field, SCALE, spec)
