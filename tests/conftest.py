@@ -48,7 +48,8 @@ def run_on_forced_devices():
 # (Order measured from `--durations`; files not listed keep their alphabetical order after these.)
 _LONGEST_FIRST = ("test_dkp.py", "test_notebooks.py", "test_cli.py", "test_parallel.py",
                   "test_data.py", "test_kernelfusion.py", "test_dip.py", "test_diff_dkp.py",
-                  "test_blinddiff.py", "test_ssr.py", "test_bench_sv.py", "test_spatial.py", "test_rks.py", "test_supervised.py")
+                  "test_blinddiff.py", "test_ssr.py", "test_bench_sv.py", "test_spatial.py",
+                  "test_rks.py", "test_supervised.py")
 
 
 def pytest_configure(config):
