@@ -145,6 +145,10 @@ def _base() -> ml_collections.ConfigDict:
     c.diffusion.respace_sample = 50
     c.diffusion.eta = 0.0
     c.diffusion.clip = True           # x0 prediction clipped to [-1, 1]
+    # None: sample from noise at T (the paper). An int t: start from SVKR's RRDB image noised to
+    # base timestep t (q_sample) and run the respaced steps at or below t: the diffusion refines
+    # the SVKR image (a denoiser trained on a CPU budget cannot draw a good image from noise) [I]
+    c.diffusion.t_start = placeholder(int)
 
     # ---------------- training data (kfsr/train/supervised.py + kfsr/train/depth_fields.py)
     c.data = ml_collections.ConfigDict()

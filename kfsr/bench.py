@@ -90,6 +90,16 @@ def dataset_forward_model(dataset: str, family: str, scale: int):
     return data.degradation_of(family, scale)
 
 
+def _parse_unset(value: str):
+    """A --set value for a field whose default is None (a typed placeholder): a JSON number or
+    boolean as such, anything else as the string."""
+    try:
+        v = json.loads(value)
+    except ValueError:
+        return value
+    return v if isinstance(v, (bool, int, float)) else value
+
+
 def _config_for(method: str, scale: int, preset: str | None, overrides: dict, forward=None):
     """The method's config; `forward` (the set's Degradation): KernelFusion, whose forward model is
     a config choice (default DIV2KRK's), models the one the set was made with."""
@@ -129,7 +139,8 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
         for part in path:
             node = node[part]
         old = node[leaf]
-        node[leaf] = value if old is None else type(old)(json.loads(value) if isinstance(old, (bool, int, float)) else value)
+        node[leaf] = (_parse_unset(value) if old is None else
+                      type(old)(json.loads(value) if isinstance(old, (bool, int, float)) else value))
     return c
 
 

@@ -327,6 +327,22 @@ def test_run_without_depth_and_with_an_oracle_field():
     # the field conditions R (the untrained denoiser's output saturates, so compare R's image)
     assert np.abs(np.asarray(out.sr_svkr) - np.asarray(ssr.run_full(
         c, lr, jax.random.key(1), params=params, progress=False).sr_svkr)).max() > 1e-3
+    # diffusion.t_start: from SVKR's image noised to the 2nd-last respaced step: 2 reverse steps
+    tmap = np.asarray(setup.schedules("sample")[1])
+    c.diffusion.t_start = int(tmap[1])
+    st = ssr.make_setup(c)
+    assert ssr.first_step(st) == 2 and ssr.num_steps(st) == 2
+    state = ssr.init_sampling(st, params["denoiser"], jnp.asarray(lr), jnp.zeros((16, 16, 10)),
+                              None, jax.random.key(0), sr=out.sr_svkr)
+    from kfsr.diffusion.samplers import normal
+
+    acp = float(st.schedules("sample")[0].alphas_cumprod[1])  # q_sample at the first step
+    noise = np.asarray(normal(jax.random.split(jax.random.key(0))[0], (1, 32, 32, 3)))[0]
+    expect = np.sqrt(acp) * (2 * np.asarray(out.sr_svkr) - 1) + np.sqrt(1 - acp) * noise
+    np.testing.assert_allclose(np.asarray(state["x"][0]), expect, atol=1e-5)
+    assert int(state["i"]) == 2
+    res = get_method("ssr")(c, lr, jax.random.key(1), params=params, progress=False)
+    assert len(res.history) == 2 and np.isfinite(np.asarray(res.hr)).all()
 
 
 def test_config_errors_name_the_field():
@@ -341,6 +357,7 @@ def test_config_errors_name_the_field():
             ("depth", "source", "midas", "config.depth.source"),
             ("denoiser", "amf_norm", "layer", "config.denoiser.amf_norm"),
             ("diffusion", "prediction", "x0", "config.diffusion.prediction"),
+            ("diffusion", "t_start", 5000, "config.diffusion.t_start"),
             ("pca", "rank", 500, "config.pca.rank")]:
         c = _config()
         c[section][field] = value

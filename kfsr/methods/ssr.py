@@ -165,20 +165,41 @@ def run_svkr(setup: Setup, params: dict, lr, *, kernel=None, depth=None,
                        keep_trace=keep_trace)
 
 
-def init_sampling(setup: Setup, params, lr, codes, depth, key) -> State:
+def first_step(setup: Setup) -> int:
+    """Index of the first reverse step of the sampling schedule: 0 (start from noise at T), or
+    with `diffusion.t_start` the last respaced step whose base timestep is <= t_start."""
+    sched, tmap = setup.schedules("sample")
+    n = int(sched.num_steps)
+    if setup.t_start is None:
+        return 0
+    below = np.nonzero(np.asarray(tmap) <= setup.t_start)[0]
+    return n - 1 - int(below[-1]) if len(below) else n - 1
+
+
+def init_sampling(setup: Setup, params, lr, codes, depth, key, sr=None) -> State:
     """Sampling state: dict(params, y (1, h, w, 3) in [-1, 1], codes (1, h, w, L), depth
-    (1, h, w, 1) (zeros without depth), x (1, s h, s w, 3) ~ N(0, I), x0 (latest x0 prediction),
-    i (reverse steps done), key)."""
+    (1, h, w, 1) (zeros without depth), x (1, s h, s w, 3), x0 (latest x0 prediction),
+    i (reverse steps done), key). x ~ N(0, I), or with `diffusion.t_start` SVKR's image `sr`
+    ((s h, s w, 3) in [0, 1]) noised to the first step's timestep (q_sample): the reverse
+    diffusion refines the SVKR image instead of drawing one from noise [I]."""
+    from kfsr.diffusion.param import q_sample
     from kfsr.diffusion.samplers import normal
 
     k_x, k_run = jax.random.split(key)
     h, w = lr.shape[0], lr.shape[1]
     s = setup.scale
     x = normal(k_x, (1, h * s, w * s, 3))
+    i0 = first_step(setup)
+    if setup.t_start is not None:
+        if sr is None:
+            raise ValueError("init_sampling: diffusion.t_start needs the SVKR image sr")
+        sched = setup.schedules("sample")[0]
+        x = q_sample(sched, 2.0 * jnp.asarray(sr, jnp.float32)[None] - 1.0,
+                     int(sched.num_steps) - 1 - i0, x)
     d = jnp.zeros((h, w), jnp.float32) if depth is None else jnp.asarray(depth, jnp.float32)
     return {"params": params, "y": 2.0 * jnp.asarray(lr, jnp.float32)[None] - 1.0,
             "codes": jnp.asarray(codes, jnp.float32)[None], "depth": d[None, ..., None],
-            "x": x, "x0": jnp.zeros_like(x), "i": jnp.zeros((), jnp.int32), "key": k_run}
+            "x": x, "x0": jnp.zeros_like(x), "i": jnp.asarray(i0, jnp.int32), "key": k_run}
 
 
 def _reverse_step(setup: Setup, state: State) -> tuple[State, dict]:
@@ -212,7 +233,8 @@ def make_step(setup: Setup) -> Callable[[State], tuple[State, dict]]:
 
 
 def num_steps(setup: Setup) -> int:
-    return int(setup.schedules("sample")[0].num_steps)
+    """Reverse steps a sampling run takes (fewer with diffusion.t_start)."""
+    return int(setup.schedules("sample")[0].num_steps) - first_step(setup)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +274,7 @@ def run_full(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel
     out = run_svkr(setup, params, y, kernel=kernel, depth=depth, valid_hw=(h, w),
                    keep_trace=keep_trace)
     codes = kernel_codes(jnp.asarray(pca_basis(setup)), out.field)
-    state = init_sampling(setup, params["denoiser"], y, codes, out.depth, key)
+    state = init_sampling(setup, params["denoiser"], y, codes, out.depth, key, sr=out.sr)
 
     on_chunk = None
     if monitor is not None:
