@@ -27,6 +27,9 @@ there; `ssr_oracle` is SSR given the true field.
 Each (method, image) case runs in its own subprocess so its peak memory (ru_maxrss) is its own;
 finished cases are skipped, so an interrupted benchmark resumes where it stopped; a case killed
 midway resumes from its last loop checkpoint (`<result>.ckpt/`, removed when the case finishes).
+Each finished case also saves the resolved config it ran with (`<image>_config.json`); a later run
+whose config differs (a changed preset default, another --set) warns with the differing fields and
+reuses the result: move it away to run the case again.
 """
 from __future__ import annotations
 
@@ -142,6 +145,35 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
         node[leaf] = (_parse_unset(value) if old is None else
                       type(old)(json.loads(value) if isinstance(old, (bool, int, float)) else value))
     return c
+
+
+def _config_record(method: str, scale: int, preset: str | None, seed: int, overrides: dict,
+                   forward=None) -> dict | None:
+    """The resolved config a case runs with, as JSON-able nested dicts (None for bicubic): saved
+    next to the case's result as `<image>_config.json` and compared on later runs."""
+    if method == "bicubic":
+        return None
+    c = _config_for(method, scale, preset, overrides, forward)
+    c.seed = seed
+    return json.loads(c.to_json())
+
+
+def _config_diff(old: dict, new: dict, skip: tuple = ()) -> list[str]:
+    """Fields (dotted paths) whose values differ between two config records, 'a.b: old -> new';
+    paths under a `skip` prefix are ignored."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            path = prefix + k
+            if isinstance(v, dict):
+                out.update(flat(v, path + "."))
+            else:
+                out[path] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)") and not k.startswith(skip)]
 
 
 def _has_field(config, field: str) -> bool:
@@ -475,6 +507,10 @@ def _case_main(spec: dict) -> None:
             np.save(base + "_kernel.npy", kernel)
         if curve:
             io.write_json(base + "_curve.json", curve)
+        record = _config_record(spec["method"], spec["scale"], spec["preset"], spec["seed"],
+                                spec["overrides"], forward)
+        if record is not None:  # before the result: a result never lacks its config
+            io.write_json(base + "_config.json", record)
         io.write_json(result, m)
         _drop_work(base)
 
@@ -757,14 +793,15 @@ def main(argv=None):
             keep = set(a.images.split(","))
             cases = [c for c in cases if c.name in keep]
         run_dir = os.path.join(a.out, set_name)
-        rows, pending = [], []
+        rows, pending, stale = [], [], []
+        forward = dataset_forward_model(a.dataset, family, a.scale)
         sv = any(c.kernel is not None and c.kernel.ndim == 4 for c in cases)
         for m in methods:
             if sv and _needs_2d_kernel(m):
                 print(f"[{set_name}] {m}: skipped (needs one global kernel; this set's kernels are "
                       "spatially variant fields: use ssr_oracle)", flush=True)
                 continue
-            todo, mine = [], {}
+            todo, mine, now = [], {}, None
             res_dir = _result_dir(m, a.preset) + (
                 "_random_init" if a.ssr_random_init and m in SSR_METHODS else "")
             for c in cases:
@@ -783,6 +820,19 @@ def main(argv=None):
                         pending.append(f"{m}/{c.name}")
                         continue
                     todo.append((c, res_path, lock))
+                elif os.path.isfile(res_path[:-5] + "_config.json"):
+                    if now is None:
+                        now = _config_record(m, a.scale, a.preset, a.seed, method_overrides[m],
+                                             forward)
+                    # report-only runs do not resolve checkpoints: those fields are not compared
+                    diff = _config_diff(json.load(open(res_path[:-5] + "_config.json")), now,
+                                        skip=("checkpoint",) if a.report_only else ())
+                    if diff:
+                        stale.append(f"{m}/{c.name}")
+                        print(f"[{set_name}] {m} {c.name}: WARNING: finished with another config "
+                              f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); its "
+                              f"result is reused: move {res_path} away to run it again",
+                              flush=True)
                 mine[c.name] = res_path
             base_spec = dict(method=m, dataset=a.dataset, scale=a.scale, family=family, crop=a.crop,
                              seed=a.seed, out=a.out, preset=a.preset,
@@ -809,9 +859,13 @@ def main(argv=None):
                     if os.path.isfile(res_path[:-5] + suffix):
                         extra[field] = res_path[:-5] + suffix
                 rows.append(dict(method=m, image=c.name, **extra, **r))
-                print(f"  {m:12s} {c.name:12s} " + " ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+                print(f"  {m:12s} {c.name:12s} " + " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                    for k, v in r.items()), flush=True)
         if pending:
             print(f"not in this table (not finished): {', '.join(pending)}", flush=True)
+        if stale:
+            print(f"in this table but run with another config: {', '.join(stale)}", flush=True)
         table = _table(rows, methods, spatially_variant=sv)
         from kfsr import io
 

@@ -50,8 +50,9 @@ def test_div2krk_loader(tmp_path):
             c.hr, io.load_image(str(tmp_path / "gt" / f"img_{n}_gt.png")))
 
 
-def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch):
-    """bicubic + FFT oracle on 2 images; a second call reuses the finished cases."""
+def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch, capsys):
+    """bicubic + FFT oracle on 2 images; a second call reuses the finished cases; a call with
+    another config warns (naming the field) and reuses them too."""
     out = str(tmp_path / "res")
     args = ["--methods", "bicubic,oracle_fft", "--dataset", "set5_dkp", "--limit", "2",
             "--out", out]
@@ -67,6 +68,14 @@ def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: calls.append(a))
     bench.main(args)
     assert calls == []  # everything was already done
+    record = json.load(open(os.path.join(run_dir, "oracle_fft", rows[-1]["image"] + "_config.json")))
+    assert record["tikhonov"]["alpha"] == 1e-4 and record["scale"] == 4
+    assert not any(f.endswith("_config.json") for f in os.listdir(os.path.join(run_dir, "bicubic")))
+    assert "WARNING" not in capsys.readouterr().out
+    bench.main(args + ["--set", "tikhonov.alpha=0.001"])
+    out = capsys.readouterr().out
+    assert calls == [] and out.count("WARNING: finished with another config") == 2, out
+    assert "tikhonov.alpha: 0.0001 -> 0.001" in out and "run with another config" in out
 
 
 def test_bench_table_reports_share_of_oracle_gain():
