@@ -366,8 +366,9 @@ def _metrics_of(method: str, case, hr, kernel, scale: int, forward=None) -> dict
         out.update(_field_metrics(method, case, kernel, forward))
         return {k: float(v) for k, v in out.items()}
     if kernel is not None and kernel.ndim == 4:
-        kernel = np.mean(kernel.reshape((-1,) + kernel.shape[2:]), axis=0)  # SSR's Result.kernel
-        kernel = kernel / kernel.sum()
+        from kfsr.methods.ssr import mean_kernel
+
+        kernel = np.asarray(mean_kernel(kernel))  # SSR's Result.kernel
     if kernel is not None:
         # LR consistency under the method's own forward model (BlindDiff: blur + bicubic; SSR:
         # configs/ssr.py's reflect padding, stride sampling at offset 0)

@@ -278,7 +278,7 @@ def run_full(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel
 
     on_chunk = None
     if monitor is not None:
-        mean_k = _mean_kernel(out.field[:h, :w])
+        mean_k = mean_kernel(out.field[:h, :w])
 
         def on_chunk(n, st, history):
             img = jnp.clip((st["x0"][0] + 1.0) / 2.0, 0.0, 1.0)[: h * s, : w * s]
@@ -297,7 +297,8 @@ def run_full(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel
     return SSROutput(hr=hr, sr_svkr=sr, field=field, depth=dmap, svkr=out, history=history)
 
 
-def _mean_kernel(field):
+def mean_kernel(field):
+    """The mean kernel (K, K) of a field (..., K, K), renormalised to sum 1 (Result.kernel)."""
     k = jnp.mean(field.reshape((-1,) + field.shape[-2:]), axis=0)
     return k / jnp.sum(k)
 
@@ -318,9 +319,9 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, kernel=None
     """
     out = run_full(config, lr, key, checkpoint_dir=checkpoint_dir, progress=progress,
                    kernel=kernel, monitor=monitor, params=params, depth=depth)
-    return Result(hr=out.hr, kernel=_mean_kernel(out.field), history=out.history)
+    return Result(hr=out.hr, kernel=mean_kernel(out.field), history=out.history)
 
 
 __all__ = ["Setup", "make_setup", "validate", "make_task", "pca_basis", "kernel_codes",
-           "init_part", "init_params", "param_template", "load_params", "run_svkr",
+           "init_part", "init_params", "param_template", "load_params", "run_svkr", "mean_kernel",
            "oracle_field", "depth_provider", "run_full", "run", "SSROutput", "PARTS"]
