@@ -97,6 +97,7 @@ def _base() -> ml_collections.ConfigDict:
     c.rks.line_length_range = placeholder(tuple)
     c.rks.traj_steps = 500
     c.rks.fix_x8_center = False
+    c.rks.center = "dkp"              # as configs/dkp.py
     c.rks.temperature = 0.05
     c.rks.temperature_mode = "relative"
     c.rks.proposal = "auto"

@@ -56,6 +56,8 @@ def _base() -> ml_collections.ConfigDict:
     c.rks.line_length_range = placeholder(tuple)   # motion_line lengths (px); None -> (0.25K, 0.75K)
     c.rks.traj_steps = 500           # samples per random trajectory (motion_traj)
     c.rks.fix_x8_center = False      # official prior centre (s+1)*3/2 is wrong at x8 (dkp.md §3.1, §10.4)
+    c.rks.center = "dkp"             # prior kernels' centre: 'dkp' (K - s)/2, the official data's;
+    #   'aligned' K//2 + (s-1)/2 for data in DIV2KRK's / kfsr's convention (the bench sets it there) [kfsr]
     # MCMC mode only (not in the released code; paper Eq. 5-8 are stripped, dkp.md §10.2):
     c.rks.temperature = 0.05          # T of E = e / T_eff
     c.rks.temperature_mode = "relative"   # T_eff = T * e(k_theta) ('absolute': T_eff = T)

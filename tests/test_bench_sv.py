@@ -148,6 +148,9 @@ def test_bench_sv_run_writes_the_field_columns(tmp_path, capsys):
         assert "_random_init" in rows[m]["kernel_path"]  # kept apart from real results
         assert np.load(rows[m]["kernel_path"]).shape == (16, 16, 11, 11)
     assert "field_error" not in rows["ssr_oracle"] and "field_error" not in rows["bicubic"]
+    # the set's fields are centred in the 'aligned' convention: DIP-DKP's prior is centred there
+    record = json.load(open(rows["dkp"]["kernel_path"].replace("_kernel.npy", "_config.json")))
+    assert record["rks"]["center"] == "aligned"
     table = open(os.path.join(run_dir, "table.md")).read()
     assert "field LR PSNR (MANet)" in table and "ssr_oracle" in table
     assert os.path.isfile(os.path.join(run_dir, "kernels.png"))

@@ -71,6 +71,20 @@ def test_families_sample_valid_kernels():
         assert float(ks.min()) >= 0.0
 
 
+def test_center_convention_moves_every_family():
+    """rks.center: 'dkp' = the official prior centre ((s+1)*3/2 = 7.5 at x4, = (K - s)/2 for the
+    motion families), 'aligned' = K//2 + (s-1)/2 = 10.5; mean centre of mass over 16 draws within
+    0.25 px (DKP's one spline pass leaves up to ~0.2 px, kfsr.degrade.kernels)."""
+    for fam in ("gaussian", "motion_line", "motion_traj"):
+        for center, want in (("dkp", 7.5), ("aligned", 10.5)):
+            r = rks.RKS(SCALE, K, family=fam, center=center)
+            ks = np.asarray(jax.jit(lambda key, r=r: r.sample_many(key, 16))(jax.random.key(1)))
+            com = [kern.center_of_mass(k) for k in ks]
+            assert np.abs(np.mean(com, axis=0) - want).max() < 0.25, (fam, center, np.mean(com, 0))
+    with pytest.raises(Exception, match="rks.center"):
+        rks.RKS(SCALE, K, center="middle")
+
+
 def test_mcmc_chain_accepts_sanely_and_lowers_energy(hr):
     """L chains on a fixed HR estimate: acceptance in (0.1, 0.9) and mean energy goes down."""
     k_true = kern.gaussian_from_params(K, 5.0, 12.0, 0.4, kern.target_center(K, SCALE, "dkp"))

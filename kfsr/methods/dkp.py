@@ -25,6 +25,9 @@ code's backward of the summed loss.
 Forward model (`Degradation.dkp(scale)`): circular padding, cross-correlation, stride s from offset
 0; kernel K = min(4s+3, 21); kernels are centred at DKP's convention (centre of mass (K-s)/2, the
 prior's centre), so the returned kernel is in DKP's convention (kernels.target_center(.., 'dkp')).
+`rks.center='aligned'` centres the prior (and so the estimate) at K//2 + (s-1)/2 instead, for
+images made in that convention (DIV2KRK, kfsr's spatially variant sets): the HR estimate is then
+not shifted against a ground truth made that way.
 
 Paper vs code (dkp.md §10): the paper's single NLD update (Eq. 12) is split into the two Adam steps
 above; Eq. 13's Langevin "disturbation" is `config.pke.langevin_noise` (0 in the released code: the

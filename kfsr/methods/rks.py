@@ -34,7 +34,9 @@ Two ways to get the candidates (`mode`):
   scale-free: a kernel whose error is 10 % above k_theta's costs 0.1/T). The prior loss then uses
   the chains' current kernels with the same weights w_l (computed from their current errors).
 
-Families (all centred at DKP's convention, centre of mass (K - s)/2, to match DKP's forward model):
+Families (centred at DKP's convention, centre of mass (K - s)/2, to match DKP's forward model;
+``center='aligned'``: kfsr's / DIV2KRK's K//2 + (s-1)/2, for data made in that convention, where
+LR pixel i sits at HR s*i + (s-1)/2 as bicubic assumes; `kernels.target_center`):
 ``'gaussian'`` = DIP-DKP's random prior (`kernels.dkp_prior_kernel`: eigenvalues in
 `dkp_prior_range(s)`, official spline re-centring to (s+1)*3/2, i.e. 7.5 at x4),
 ``'motion_line'`` (`kernels.line_motion`), ``'motion_traj'`` (`kernels.trajectory_motion`,
@@ -126,6 +128,7 @@ class RKS:
     line_length_range: tuple | None = None   # None: kernels.line_motion default (0.25K, 0.75K)
     traj_steps: int = 500                # trajectory samples per motion kernel
     fix_x8_center: bool = False          # DKP's prior centre is (s+1)*3/2 (wrong at x8; dkp.md §3.1)
+    center: str = "dkp"                  # centre convention of every family: 'dkp' | 'aligned'
     padding: str = "circular"
     offset: int = 0
 
@@ -141,6 +144,9 @@ class RKS:
         if self.proposal == "random_walk" and self.family not in _PARAM_DIM:
             raise KfsrInputError(f"rks.proposal: 'random_walk' needs a parametric family "
                                  f"({', '.join(_PARAM_DIM)}), not {self.family!r}")
+        if self.center not in ("dkp", "aligned"):
+            raise KfsrInputError(f"rks.center: {self.center!r}; use 'dkp' (DKP's data) or 'aligned' "
+                                 "(K//2 + (s-1)/2: DIV2KRK's, kfsr's spatially variant sets)")
         if self.num_samples < 0:
             raise KfsrInputError(f"rks.L: must be >= 0, got {self.num_samples}")
         if not self.temperature > 0:
@@ -161,7 +167,7 @@ class RKS:
             lambda_range=tup(g("lambda_range", None)),
             line_length_range=tup(g("line_length_range", None)),
             traj_steps=int(g("traj_steps", 500)), fix_x8_center=bool(g("fix_x8_center", False)),
-            padding=padding, offset=int(offset))
+            center=str(g("center", "dkp")), padding=padding, offset=int(offset))
 
     # ---------------------------------------------------------------- family details
     @property
@@ -185,6 +191,8 @@ class RKS:
         return _PARAM_DIM.get(self.family, 1)
 
     def _gaussian_center(self):
+        if self.center == "aligned":
+            return kern.target_center(self.kernel_size, self.scale, "aligned")
         if self.fix_x8_center:
             return kern.target_center(self.kernel_size, self.scale, "dkp")
         return (self.scale + 1) * 3 / 2  # DKP Settings kernel_x = kernel_y
@@ -197,9 +205,9 @@ class RKS:
             mean=kern.target_center(k, self.scale, "aligned"), recenter="spline")
 
     def line_from_params(self, u):
-        """Line-motion kernel from u = (length, angle), centre of mass (K - s)/2."""
+        """Line-motion kernel from u = (length, angle), centre of mass per `center`."""
         return kern.line_motion(jax.random.key(0), self.kernel_size, length_range=(u[0], u[0]),
-                                angle_range=(u[1], u[1]), scale=self.scale, convention="dkp")
+                                angle_range=(u[1], u[1]), scale=self.scale, convention=self.center)
 
     def kernel_from_params(self, u):
         if self.family == "gaussian":
@@ -228,10 +236,10 @@ class RKS:
 
     def _sample_line(self, key):
         return kern.line_motion(key, self.kernel_size, length_range=self.line_lengths,
-                                angle_range=(0.0, math.pi), scale=self.scale, convention="dkp")
+                                angle_range=(0.0, math.pi), scale=self.scale, convention=self.center)
 
     def _sample_traj(self, key):
-        return kern.trajectory_motion(key, self.kernel_size, scale=self.scale, convention="dkp",
+        return kern.trajectory_motion(key, self.kernel_size, scale=self.scale, convention=self.center,
                                       n_steps=self.traj_steps)
 
     def sample(self, key) -> jax.Array:
