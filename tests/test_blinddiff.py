@@ -81,69 +81,86 @@ def trained(tmp_path_factory):
     return c, workdir, res
 
 
+def _mean_kernel_mse(setup, steps) -> float:
+    """MSE of the family's mean kernel (the best constant guess, Monte-Carlo from 2,048 other
+    draws) against the true kernels of the training batches `steps` (the pipeline is seeded per
+    step, so these are the batches the estimator was scored on)."""
+    family = setup.pipeline.family
+    mean_k = family.mean_kernel(n=2048, seed=99).reshape(1, -1)
+    build = jax.jit(family.build)
+    out = []
+    for i in steps:
+        params = {k: jnp.asarray(v) for k, v in setup.pipeline.host(i).items() if k != "hr"}
+        k_true = np.asarray(build(params)).reshape(setup.pipeline.batch_size, -1)
+        out.append(np.mean((k_true - mean_k) ** 2))
+    return float(np.mean(out))
+
+
 def test_kernel_head_learns_the_kernel_distribution(trained):
     """Each step's kernel loss is measured on a fresh draw before the update on it (held-out for
     the current weights). From the code's initialisation (PyTorch default head: a near-uniform
     441-way softmax) the estimator learns the family's distribution: over the last 30 of 150
     steps its MSE is at most 0.75 x the first 10 steps' (measured 0.67 x: 3.35e-4 -> 2.25e-4)
-    and within 1.4 x the MSE of the family's mean kernel (the best constant guess, Monte-Carlo
-    from other draws) on the same draws (measured 1.29 x, 1.75e-4).
-
-    NOT shown: beating the mean kernel (an image-dependent estimate). It is not a lack of
-    information: picking, among 512 fresh draws of the family, the kernel whose degradation of
-    the TRUE 32x32 HR crop best matches the 8x8 LR crop (what the estimator could do at t = 0)
-    has 0.0094 x the mean kernel's MSE (isotropic) and 0.23 x (anisotropic setting 2), 128 draws
-    each. The head does not learn it (test preset, 150 fresh-data steps, held-out MSE of the last
-    30 steps / mean kernel's; then fixed-t MSE of the final weights on 20 fresh batches, t = 0):
-      isotropic,   head init 'torch'      1.29 (this test)
-      isotropic,   'mean'                 0.99 (t = 0: 1.00)   zero head weights + log-mean bias
-      isotropic,   'mean_bias'            1.00 (t = 0: 1.01)   log-mean bias + torch weights
-      anisotropic, 'torch'                1.24 (t = 0: 2.07)
-      anisotropic, 'mean', lr 1e-3        1.00 (t = 0: 1.00); 4 predictor convs: 1.00
-      anisotropic, 'mean_bias'            1.05 (t = 0: 1.04)
-      anisotropic, 'mean', lr 5e-3        aborted: inf gradient at step 113 (the VB term
-                                          explodes, up to 8e6; 19 of 150 updates skipped by the
-                                          spike guard; a non-finite one is now skipped too)
-    and an estimator input that makes the comparison explicit (also up(y - down(x_t)), the LR
-    residual of the unblurred x_t; tried and removed): isotropic 'mean' 1.00 (t = 0: 1.00),
-    'torch' 1.28; anisotropic 'mean' 1.02 (t = 0: 1.19);
-    and the cpu preset's 60-minute run neither (configs/blinddiff.py `_cpu`, 'mean' init, 4
-    predictor convs, 48x48 crops, 1,550 steps): its EMA head's estimate varies by ~1e-7 per
-    entry across a batch whose true kernels vary by 1.7e-3 (at t = 0, 100, 500 and 999 alike),
-    its weights stay at the scale of a random walk (rms 0.0024 after 475 steps, 0.0053 after
-    1,550 at lr 3e-4; lr sqrt(n) = 0.012: no consistent gradient), and its held-out MSE is
-    1.000 x the mean kernel's over steps 775-1550 (1.0004 x over the last 300). The conv + global-average
-    + linear-softmax estimator (the code's design) has to compare y with the blurred, downsampled
-    x_t to see the kernel; on a CPU budget it does not find that from the kernel loss.
-    Why (measured 2026-11-23, /tmp scripts, 20,000 draws): 68 % of the mean kernel's MSE comes
-    from the 8 % of draws with sigma < 0.5, whose x4 bicubic LR differs from sigma 0.2's by 0.4/255
-    rms (below the 8-bit quantisation): most of the metric is not identifiable from the data.
-    And GAP + linear is linear in the image's contrast: the same estimator trained on clean
-    (HR, LR) pairs alone stays at 1.00 x the mean kernel's MSE after 2,000 steps; with its input
-    normalised per example (net.kernel_input_norm) it reaches 0.52 x in 1,000 steps. In this
-    test's training (noisy x_t at random t) kernel_input_norm + detach_kernel at lr 1e-3 reach
-    0.94 x at t = 0 after 2,000 steps with seed 2 (1.00 x without), but 1.04 x with seed 5: not
-    a robust gain, and too slow for the suite."""
+    and within 1.4 x the MSE of the family's mean kernel on the same draws (measured 1.29 x).
+    Beating the mean kernel: the next test."""
     c, _, res = trained
     setup = sup.cached_setup(c)
-    family = setup.pipeline.family
-    mean_k = family.mean_kernel(n=2048, seed=99).reshape(1, -1)
-    build = jax.jit(family.build)
     n = len(res.history)
-
-    def baseline(steps):
-        out = []
-        for i in steps:
-            params = {k: jnp.asarray(v) for k, v in setup.pipeline.host(i).items() if k != "hr"}
-            k_true = np.asarray(build(params)).reshape(setup.pipeline.batch_size, -1)
-            out.append(np.mean((k_true - mean_k) ** 2))
-        return np.mean(out)
-
     first = np.mean([h["kernel_mse"] for h in res.history[:10]])
     last = np.mean([h["kernel_mse"] for h in res.history[n - 30:]])
     assert last < 0.75 * first, (first, last)
-    base = baseline(range(n - 30, n))
+    base = _mean_kernel_mse(setup, range(n - 30, n))
     assert last < 1.4 * base, (last, base)
+
+
+def test_kernel_head_beats_the_mean_kernel():
+    """The tiny MCFormer's kernel estimate depends on the image and beats the family's mean kernel
+    (the best constant guess): 1,200 training steps (batch 8, lr 1e-3, ~2-4 min on 2 cores) with
+    the estimator options net.kernel_input_norm (contrast-normalised input halves), detach_kernel
+    (trained by the kernel loss alone) and kernel_head_init 'mean_bias', on the test preset's
+    isotropic family restricted to sigma in [1, 4] px. The held-out MSE of the last 30 steps and
+    the fixed-t MSE of the final weights at t = 0 on 20 fresh batches are both below 0.93 x the
+    mean kernel's (measured 0.86 / 0.88 with this seed; seeds 5 and 7: 0.81 / 0.82, 0.83 / 0.85).
+
+    Why these settings (measured 2026-11-23, 20,000 draws and /tmp scripts): 68 % of the mean
+    kernel's MSE on the paper's range sigma in [0.2, 4] comes from the 8 % of draws with
+    sigma < 0.5, whose x4 LR differs from sigma 0.2's by 0.4/255 rms (below 8-bit quantisation):
+    not identifiable from the data, hence [1, 4]. GAP + linear is linear in the image contrast
+    (without kernel_input_norm the estimator stays at 1.00 x); a zero-weight head ('mean') gives
+    the convs no gradient until the weights grow (~1,000 steps of plateau). With the code's
+    settings (none of the three options, the full range) the head stays at 1.00-1.04 x after
+    2,000 steps, and the cpu preset's 60-minute run at 1.000 x (its estimate varies by ~1e-7 per
+    entry across a batch whose true kernels vary by 1.7e-3): the code's design does not find the
+    kernel from the kernel loss on a CPU budget."""
+    c = _config(steps=1200, chunk=100, checkpoint_every=100, lr=1e-3)
+    c.net.kernel_input_norm = True
+    c.net.detach_kernel = True
+    c.net.kernel_head_init = "mean_bias"
+    c.data.batch = 8
+    c.data.kernel.iso_sigma = (1.0, 4.0)
+    res = sup.train(c, None, progress=False)
+    setup = sup.cached_setup(c)
+    n = len(res.history)
+    last = np.mean([h["kernel_mse"] for h in res.history[n - 30:]])
+    base = _mean_kernel_mse(setup, range(n - 30, n))
+    assert last < 0.93 * base, (last, base, last / base)
+
+    # the final weights at t = 0 on fresh batches (draws the training never saw)
+    bsetup = bd.make_setup(c)
+    sched, tmap = bsetup.schedules("train")
+    mean_k = setup.pipeline.family.mean_kernel(n=2048, seed=99).reshape(1, -1)
+    khat = jax.jit(lambda p, x, t, y: bsetup.net.apply(p, x, t, y)[1])
+    errs, bases = [], []
+    for j in range(20):
+        b = setup.pipeline.batch(100_000 + j)
+        x0, y = bsetup.to_model(b["hr"]), bsetup.to_model(b["lr"])
+        ab = jnp.asarray(sched.alphas_cumprod)[0]
+        x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * jax.random.normal(jax.random.key(j), x0.shape)
+        k = np.asarray(khat(res.state["params"], x_t, jnp.full((x0.shape[0],), tmap[0]), y))
+        k_true = np.asarray(b["kernel"]).reshape(k.shape[0], -1)
+        errs.append(np.mean((k - k_true) ** 2))
+        bases.append(np.mean((k_true - mean_k) ** 2))
+    assert np.mean(errs) < 0.93 * np.mean(bases), np.mean(errs) / np.mean(bases)
 
 
 def test_kernel_estimator_options_contrast_invariance_and_detach(trained):
