@@ -152,6 +152,8 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
       1000 / 100 + 10 x 20 (5 min more):   1300 s wall at load ~9-10; kernel error -> 0.269;
                                            LR consistency 30.4 dB; PSNR-Y 18.53
     (a 15-min budget at load ~5 does not fit the larger schedule; re-measure on an idle machine.)
+    On 2 idle cores (benchmarks/kf_cpu_timing.py: 64x64 x4 L-shape butterfly, compile included):
+    257 s wall, 493 CPU s, 842 MiB peak: room for the larger schedule within 15 minutes.
     """
     c.preset = "cpu"
     c.pd.width = 16                # 1/64 of the paper PD's FLOPs (128 ch)
