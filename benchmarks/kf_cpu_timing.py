@@ -1,6 +1,7 @@
 """KernelFusion `cpu` preset end to end on the issue's timing case: a 64x64 LR image at x4.
 
     python benchmarks/kf_cpu_timing.py [--image butterfly] [--family l_shape] [--out results/kf_timing]
+        [--set phase2.n_iter=40 ...]   (config overrides of the cpu preset; numbers parsed as JSON)
 
 The LR image: the centre 256x256 crop of a Set5 HR image, blurred with the family's 31x31 kernel
 (kfsr.degrade.kernels.shape_kernel, 'aligned' convention) under KernelFusion's default forward
@@ -35,7 +36,18 @@ def main():
     p.add_argument("--family", default="l_shape", choices=("l_shape", "empty_square", "filled_square"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/kf_timing")
+    p.add_argument("--set", action="append", default=[], help="config override field=value")
     a = p.parse_args()
+    from kfsr.api import default_config
+
+    config = default_config("kernelfusion", "cpu")
+    for item in a.set:
+        field, _, value = item.partition("=")
+        *path, leaf = field.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[leaf] = type(node[leaf])(json.loads(value)) if node[leaf] is not None else json.loads(value)
     s = 4
     hr = center_crop(io.load_image(os.path.join(SHARED_DATA, "Set5", "HR", a.image + ".png")), 256)
     k_true = np.asarray(kern.shape_kernel(a.family, 31, s, convention="aligned"))
@@ -44,12 +56,14 @@ def main():
     assert lr.shape == (64, 64, 3), lr.shape
 
     t0, c0 = time.time(), time.process_time()
-    res = kfsr.super_resolve(lr, scale=s, method="kernelfusion", key=jax.random.key(a.seed))
+    res = kfsr.super_resolve(lr, scale=s, method="kernelfusion", key=jax.random.key(a.seed),
+                             config=config)
     sr = np.clip(np.asarray(res.hr), 0, 1)
     wall, cpu = time.time() - t0, time.process_time() - c0
     k = np.asarray(res.kernel)
     out = {
         "image": a.image, "family": a.family, "lr_shape": list(lr.shape), "preset": "cpu",
+        "overrides": a.set,
         "wall_s": wall, "process_cpu_s": cpu,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "psnr_y": metrics.psnr_y(sr, hr, scale=s),
@@ -60,7 +74,8 @@ def main():
         "load_avg_1min_at_end": os.getloadavg()[0],
     }
     os.makedirs(a.out, exist_ok=True)
-    base = os.path.join(a.out, f"{a.image}_{a.family}")
+    tag = "".join("_" + x.replace("=", "") for x in a.set)
+    base = os.path.join(a.out, f"{a.image}_{a.family}{tag}")
     io.save_image(base + "_sr.png", sr)
     np.save(base + "_kernel.npy", k)
     io.write_json(base + ".json", out)
