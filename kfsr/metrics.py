@@ -190,11 +190,49 @@ def kernel_psnr(k, k_gt) -> float:
     return 20.0 * math.log10(1.0 / math.sqrt(mse))
 
 
-def _embed(k: np.ndarray, size: tuple[int, int]):
-    off = tuple((s - n) // 2 for s, n in zip(size, k.shape))
-    out = np.zeros(size, np.float64)
-    out[off[0]:off[0] + k.shape[0], off[1]:off[1] + k.shape[1]] = k
-    return out, np.asarray(off, np.float64)
+def _align(a: np.ndarray, g: np.ndarray, subpixel: bool = True, max_shift: float | None = None):
+    """`aligned_kernel_error`'s steps 2-5 for n pairs at once: a (n, Ka0, Ka1) and g (n, Kg0, Kg1),
+    float64, already normalised. Returns (errors (n,), shifts t (n, 2) on the canvas, canvas
+    offsets of a and of g (2,) each)."""
+    n = len(a)
+    size = tuple(int(na + ng + 1) | 1 for na, ng in zip(a.shape[1:], g.shape[1:]))  # odd
+
+    def embed(x):
+        off = [(m - k) // 2 for m, k in zip(size, x.shape[1:])]
+        c = np.zeros((n,) + size)
+        c[:, off[0]:off[0] + x.shape[1], off[1]:off[1] + x.shape[2]] = x
+        return c, np.asarray(off, np.float64)
+
+    (A, off_a), (G, off_g) = embed(a), embed(g)
+    FA, FG = np.fft.fft2(A), np.fft.fft2(G)
+    # corr[t] = sum_x A[x] G[x + t] = <A shifted by t, G>
+    corr = np.real(np.fft.ifft2(np.conj(FA) * FG))
+    lag = [np.fft.ifftshift(np.arange(m) - m // 2) for m in size]  # signed lag of each index
+    if max_shift is not None:
+        mask = (np.abs(lag[0])[:, None] <= max_shift) & (np.abs(lag[1])[None, :] <= max_shift)
+        corr = np.where(mask, corr, -np.inf)
+    iy, ix = np.unravel_index(np.argmax(corr.reshape(n, -1), axis=1), size)
+    t = np.stack([lag[0][iy], lag[1][ix]], 1).astype(np.float64)  # (n, 2)
+    fy, fx = np.fft.fftfreq(size[0]), np.fft.fftfreq(size[1])
+    if subpixel:
+        X = FA * np.conj(FG) / (size[0] * size[1])
+        half, grid, rows = 1.0, np.linspace(-1.0, 1.0, 41), np.arange(n)
+        for _ in range(4):
+            dy = t[:, :1] + half * grid  # (n, 41)
+            dx = t[:, 1:] + half * grid
+            ey = np.exp(-2j * np.pi * dy[:, :, None] * fy[None, None, :])  # (n, 41, S0)
+            ex = np.exp(-2j * np.pi * dx[:, :, None] * fx[None, None, :])  # (n, 41, S1)
+            # c[:, i, j] = <A shifted by (dy_i, dx_j), G>. einsum, not matmul: BLAS thread
+            # start-up dominates these tiny products on a busy machine (30 ms vs 0.2 ms)
+            c = np.real(np.einsum("nil,njl->nij", np.einsum("nik,nkl->nil", ey, X), ex))
+            i, j = np.unravel_index(np.argmax(c.reshape(n, -1), axis=1), (41, 41))
+            t = np.stack([dy[rows, i], dx[rows, j]], 1)
+            half /= 20.0
+    phase = np.exp(-2j * np.pi * (fy[None, :, None] * t[:, 0, None, None]
+                                  + fx[None, None, :] * t[:, 1, None, None]))
+    aligned = np.real(np.fft.ifft2(FA * phase))
+    err = np.linalg.norm((aligned - G).reshape(n, -1), axis=1)
+    return err / np.linalg.norm(g.reshape(n, -1), axis=1), t, off_a, off_g
 
 
 def aligned_kernel_error(k, k_gt, subpixel: bool = True, return_shift: bool = False,
@@ -230,46 +268,13 @@ def aligned_kernel_error(k, k_gt, subpixel: bool = True, return_shift: bool = Fa
             raise ValueError(f"cannot normalise kernels with sums {sa:.3g} (k) and {sg:.3g} (k_gt)")
         a = a / sa
         g = g / sg
-    gnorm = float(np.linalg.norm(g))
-    if gnorm == 0.0:
+    if float(np.linalg.norm(g)) == 0.0:
         raise ValueError("k_gt is all zeros")
-    size = tuple(int(na + ng + 1) | 1 for na, ng in zip(a.shape, g.shape))  # odd, >= na+ng+1
-    A, off_a = _embed(a, size)
-    G, off_g = _embed(g, size)
-    FA = np.fft.fft2(A)
-    FG = np.fft.fft2(G)
-    # corr[t] = sum_x A[x] G[x + t] = <A shifted by t, G>
-    corr = np.real(np.fft.ifft2(np.conj(FA) * FG))
-    lag = [np.fft.ifftshift(np.arange(n) - n // 2) for n in size]  # signed lag of each index
-    if max_shift is not None:
-        mask = (np.abs(lag[0])[:, None] <= max_shift) & (np.abs(lag[1])[None, :] <= max_shift)
-        corr = np.where(mask, corr, -np.inf)
-    iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    t = np.array([lag[0][iy], lag[1][ix]], np.float64)
-    fy = np.fft.fftfreq(size[0])
-    fx = np.fft.fftfreq(size[1])
-    if subpixel:
-        X = FA * np.conj(FG) / (size[0] * size[1])
-        centre, half = t.copy(), 1.0
-        for _ in range(4):
-            dy = centre[0] + np.linspace(-half, half, 41)
-            dx = centre[1] + np.linspace(-half, half, 41)
-            ey = np.exp(-2j * np.pi * dy[:, None] * fy[None, :])
-            ex = np.exp(-2j * np.pi * dx[:, None] * fx[None, :])
-            # c[i, j] = <A shifted by (dy_i, dx_j), G>. einsum without optimize avoids BLAS, whose
-            # thread start-up dominates these tiny products on a busy machine (30 ms vs 0.2 ms).
-            c = np.real(np.einsum("ik,jk->ij", np.einsum("ik,kl->il", ey, X), ex))
-            i, j = np.unravel_index(int(np.argmax(c)), c.shape)
-            centre = np.array([dy[i], dx[j]])
-            half /= 20.0
-        t = centre
-    phase = np.exp(-2j * np.pi * (fy[:, None] * t[0] + fx[None, :] * t[1]))
-    aligned = np.real(np.fft.ifft2(FA * phase))
-    err = float(np.linalg.norm(aligned - G) / gnorm)
+    err, t, off_a, off_g = _align(a[None], g[None], subpixel=subpixel, max_shift=max_shift)
     if not return_shift:
-        return err
-    d = t + off_a - off_g + (np.asarray(a.shape) - 1) / 2.0 - (np.asarray(g.shape) - 1) / 2.0
-    return err, (float(d[0]), float(d[1]))
+        return float(err[0])
+    d = t[0] + off_a - off_g + (np.asarray(a.shape) - 1) / 2.0 - (np.asarray(g.shape) - 1) / 2.0
+    return float(err[0]), (float(d[0]), float(d[1]))
 
 
 # ----------------------------------------------------------------------------- LR consistency
@@ -325,44 +330,11 @@ def aligned_field_errors(field, field_gt, chunk: int = 256) -> np.ndarray:
 
 
 def _aligned_errors_flat(a, g) -> np.ndarray:
-    """a (n, Ka, Ka), g (n, Kg, Kg) -> (n,): metrics.aligned_kernel_error's steps 1-5 per row."""
+    """a (n, Ka, Ka), g (n, Kg, Kg) -> (n,): aligned_kernel_error (normalize, subpixel) per row."""
     sa, sg = a.sum((1, 2), keepdims=True), g.sum((1, 2), keepdims=True)
     if np.any(sa <= 0) or np.any(sg <= 0):
         raise ValueError("aligned_field_errors: a kernel with sum <= 0")
-    a, g = a / sa, g / sg
-    n = len(a)
-    size = tuple(int(na + ng + 1) | 1 for na, ng in zip(a.shape[1:], g.shape[1:]))
-
-    def embed(x):
-        o = [(s - m) // 2 for s, m in zip(size, x.shape[1:])]
-        c = np.zeros((n,) + size)
-        c[:, o[0]:o[0] + x.shape[1], o[1]:o[1] + x.shape[2]] = x
-        return c
-
-    A, G = embed(a), embed(g)
-    FA, FG = np.fft.fft2(A), np.fft.fft2(G)
-    corr = np.real(np.fft.ifft2(np.conj(FA) * FG)).reshape(n, -1)
-    lag = [np.fft.ifftshift(np.arange(m) - m // 2) for m in size]
-    iy, ix = np.unravel_index(np.argmax(corr, axis=1), size)
-    centre = np.stack([lag[0][iy], lag[1][ix]], 1).astype(np.float64)  # (n, 2)
-    fy, fx = np.fft.fftfreq(size[0]), np.fft.fftfreq(size[1])
-    X = FA * np.conj(FG) / (size[0] * size[1])
-    half, grid = 1.0, np.linspace(-1.0, 1.0, 41)
-    for _ in range(4):
-        dy = centre[:, :1] + half * grid  # (n, 41)
-        dx = centre[:, 1:] + half * grid
-        ey = np.exp(-2j * np.pi * dy[:, :, None] * fy[None, None, :])  # (n, 41, S0)
-        ex = np.exp(-2j * np.pi * dx[:, :, None] * fx[None, None, :])  # (n, 41, S1)
-        # einsum, not matmul: BLAS thread start-up per tiny product dominates on a busy machine
-        c = np.real(np.einsum("nil,njl->nij", np.einsum("nik,nkl->nil", ey, X), ex))  # (n, 41, 41)
-        i, j = np.unravel_index(np.argmax(c.reshape(n, -1), axis=1), (41, 41))
-        centre = np.stack([dy[np.arange(n), i], dx[np.arange(n), j]], 1)
-        half /= 20.0
-    phase = np.exp(-2j * np.pi * (fy[None, :, None] * centre[:, 0, None, None]
-                                  + fx[None, None, :] * centre[:, 1, None, None]))
-    aligned = np.real(np.fft.ifft2(FA * phase))
-    err = np.linalg.norm((aligned - G).reshape(n, -1), axis=1)
-    return err / np.linalg.norm(g.reshape(n, -1), axis=1)
+    return _align(a / sa, g / sg)[0]
 
 
 def field_lr_psnr(hr_gt, field, lr, spec) -> float:
