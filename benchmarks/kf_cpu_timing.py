@@ -1,7 +1,7 @@
 """KernelFusion `cpu` preset end to end on the issue's timing case: a 64x64 LR image at x4.
 
     python benchmarks/kf_cpu_timing.py [--image butterfly] [--family l_shape] [--out results/kf_timing]
-        [--set phase2.n_iter=40 ...]   (config overrides of the cpu preset; numbers parsed as JSON)
+        [--set phase2.n_iter=40 ...]   (config overrides of the cpu preset, as kfsr.bench --set)
 
 The LR image: the centre 256x256 crop of a Set5 HR image, blurred with the family's 31x31 kernel
 (kfsr.degrade.kernels.shape_kernel, 'aligned' convention) under KernelFusion's default forward
@@ -28,6 +28,7 @@ from kfsr.data import SHARED_DATA, center_crop  # noqa: E402
 from kfsr.degrade import Degradation, degrade  # noqa: E402
 from kfsr.degrade import kernels as kern  # noqa: E402
 from kfsr.degrade.imresize import imresize  # noqa: E402
+from kfsr.presets import apply_override  # noqa: E402
 
 
 def main():
@@ -42,12 +43,7 @@ def main():
 
     config = default_config("kernelfusion", "cpu")
     for item in a.set:
-        field, _, value = item.partition("=")
-        *path, leaf = field.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[leaf] = type(node[leaf])(json.loads(value)) if node[leaf] is not None else json.loads(value)
+        apply_override(config, *item.split("=", 1))
     s = 4
     hr = center_crop(io.load_image(os.path.join(SHARED_DATA, "Set5", "HR", a.image + ".png")), 256)
     k_true = np.asarray(kern.shape_kernel(a.family, 31, s, convention="aligned"))

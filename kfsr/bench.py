@@ -50,6 +50,7 @@ import time
 import numpy as np
 
 import kfsr  # noqa: F401  (XLA flags)
+from kfsr.presets import apply_override
 from kfsr.metrics import aligned_field_errors, field_lr_psnr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,16 +114,6 @@ def dataset_kernel_convention(dataset: str, family: str) -> str | None:
     return "aligned" if family in data.SV_FAMILIES else "dkp"
 
 
-def _parse_unset(value: str):
-    """A --set value for a field whose default is None (a typed placeholder): a JSON number or
-    boolean as such, anything else as the string."""
-    try:
-        v = json.loads(value)
-    except ValueError:
-        return value
-    return v if isinstance(v, (bool, int, float)) else value
-
-
 def _config_for(method: str, scale: int, preset: str | None, overrides: dict, forward=None):
     """The method's config; `forward` (the set's Degradation): KernelFusion, whose forward model is
     a config choice (default DIV2KRK's), models the one the set was made with."""
@@ -155,15 +146,8 @@ def _config_for(method: str, scale: int, preset: str | None, overrides: dict, fo
         c = default_config("dkp", preset)
     c.scale = scale
     for field, value in overrides.items():  # "a.b=3": parsed with the type of the default
-        if not _has_field(c, field):
-            continue  # another method's field (main checks that some method has it)
-        *path, leaf = field.split(".")
-        node = c
-        for part in path:
-            node = node[part]
-        old = node[leaf]
-        node[leaf] = (_parse_unset(value) if old is None else
-                      type(old)(json.loads(value) if isinstance(old, (bool, int, float)) else value))
+        if _has_field(c, field):  # else another method's field (main checks some method has it)
+            apply_override(c, field, value)
     return c
 
 

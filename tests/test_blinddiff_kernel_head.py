@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import blinddiff as bd_configs
+from kfsr.diffusion.param import q_sample
 from kfsr.methods import blinddiff as bd
 from kfsr.train import supervised as sup
 from _kernel_baseline import mean_kernel_mse  # noqa: E402  (tests/)
@@ -52,8 +53,7 @@ def test_kernel_head_beats_the_mean_kernel():
     for j in range(20):
         b = setup.pipeline.batch(100_000 + j)
         x0, y = bsetup.to_model(b["hr"]), bsetup.to_model(b["lr"])
-        ab = jnp.asarray(sched.alphas_cumprod)[0]
-        x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * jax.random.normal(jax.random.key(j), x0.shape)
+        x_t = q_sample(sched, x0, 0, jax.random.normal(jax.random.key(j), x0.shape))
         k = np.asarray(khat(res.state["params"], x_t, jnp.full((x0.shape[0],), tmap[0]), y))
         k_true = np.asarray(b["kernel"]).reshape(k.shape[0], -1)
         errs.append(np.mean((k - k_true) ** 2))
