@@ -154,6 +154,9 @@ def _base() -> ml_collections.ConfigDict:
     # base timestep t (q_sample) and run the respaced steps at or below t: the diffusion refines
     # the SVKR image (a denoiser trained on a CPU budget cannot draw a good image from noise) [I]
     c.diffusion.t_start = placeholder(int)
+    # None: the denoiser trains on every timestep (the paper). An int: only base timesteps
+    # <= train_t_max, for a sampler that starts at t_start <= train_t_max [I]
+    c.diffusion.train_t_max = placeholder(int)
 
     # ---------------- training data (kfsr/train/supervised.py + kfsr/train/depth_fields.py)
     c.data = ml_collections.ConfigDict()

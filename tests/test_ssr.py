@@ -358,6 +358,7 @@ def test_config_errors_name_the_field():
             ("denoiser", "amf_norm", "layer", "config.denoiser.amf_norm"),
             ("diffusion", "prediction", "x0", "config.diffusion.prediction"),
             ("diffusion", "t_start", 5000, "config.diffusion.t_start"),
+            ("diffusion", "train_t_max", -1, "config.diffusion.train_t_max"),
             ("pca", "rank", 500, "config.pca.rank")]:
         c = _config()
         c[section][field] = value
@@ -373,3 +374,19 @@ def test_config_errors_name_the_field():
         ssr.validate(c)
     with pytest.raises(KfsrInputError, match="config.checkpoints.dkenet"):
         ssr.run(_config(), np.zeros((8, 8, 3), np.float32), progress=False)
+
+
+def test_train_t_max_restricts_the_training_timesteps():
+    """diffusion.train_t_max keeps the first steps of the respaced training chain: their base
+    timesteps are <= t_max and the next one is above it (the test preset respaces to 20)."""
+    from kfsr.methods import ssr_train
+
+    setup = ssr.make_setup(_config())
+    _, tmap = setup.schedules("train")
+    assert ssr_train.num_train_steps(setup) == len(tmap)
+    c = _config()
+    c.diffusion.train_t_max = 120
+    n = ssr_train.num_train_steps(ssr.make_setup(c))
+    assert 1 <= n < len(tmap) and tmap[n - 1] <= 120 < tmap[n]
+    c.diffusion.train_t_max = 0
+    assert ssr_train.num_train_steps(ssr.make_setup(c)) == 1

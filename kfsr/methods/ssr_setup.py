@@ -63,6 +63,7 @@ class Setup:
     svkr_update: str
     svkr_init: str
     t_start: int | None  # sampling starts from SVKR's image noised to this base timestep [I]
+    train_t_max: int | None  # denoiser training draws base timesteps <= this (None: all) [I]
     depth_source: str
     depth_kwargs: tuple
     depth_normalise: str
@@ -238,10 +239,13 @@ def make_setup(config) -> Setup:
         svkr_n=int(sv.n_iter), svkr_beta=float(sv.beta), svkr_update=str(sv.rule),
         svkr_init=str(sv.init),
         t_start=None if d.get("t_start") is None else int(d.t_start),
+        train_t_max=None if d.get("train_t_max") is None else int(d.train_t_max),
         depth_source=str(dpc.source), depth_kwargs=dkw,
         depth_normalise=str(dpc.get("normalise", "minmax")), crop=crop)
     _req(setup.t_start is None or 0 <= setup.t_start < setup.T,
          f"config.diffusion.t_start={setup.t_start}: None or in [0, T={setup.T})")
+    _req(setup.train_t_max is None or 0 <= setup.train_t_max < setup.T,
+         f"config.diffusion.train_t_max={setup.train_t_max}: None or in [0, T={setup.T})")
     m = setup.hr_multiple
     _req(crop % s == 0 and crop % m == 0,
          f"config.data.crop={crop}: must be a multiple of the scale {s} and of {m} "

@@ -138,19 +138,30 @@ def rrdb_loss(setup: Setup, basis, params, data: dict, keys):
     return l1, {"sr_l1": l1}
 
 
+def num_train_steps(setup: Setup) -> int:
+    """How many steps of the respaced training chain the denoiser trains on: all of them, or
+    with diffusion.train_t_max the first ones, whose base timesteps are <= train_t_max (at least
+    one; the timestep map is increasing)."""
+    sched, tmap = setup.schedules("train")
+    if setup.train_t_max is None:
+        return int(sched.num_steps)
+    return max(1, int(np.sum(np.asarray(tmap) <= setup.train_t_max)))
+
+
 def denoiser_loss(setup: Setup, basis, params, data: dict, keys):
-    """Diffusion loss: t ~ U over the respaced training chain, x_t = q_sample(2 hr - 1, t, eps);
-    MSE of the denoiser's eps (or v) prediction, conditioned on 2 lr - 1, the true field's codes
-    and the true depth."""
+    """Diffusion loss: t ~ U over the respaced training chain (only its steps at base timesteps
+    <= diffusion.train_t_max when set), x_t = q_sample(2 hr - 1, t, eps); MSE of the denoiser's
+    eps (or v) prediction, conditioned on 2 lr - 1, the true field's codes and the true depth."""
     from kfsr.diffusion.param import q_sample, v_from_x0_eps
     from kfsr.diffusion.samplers import normal
 
     sched, tmap = setup.schedules("train")
     x0 = 2.0 * data["hr"] - 1.0
+    n_t = num_train_steps(setup)
 
     def draw(k):
         kt, ke = jax.random.split(k)
-        return jax.random.randint(kt, (), 0, sched.num_steps), normal(ke, x0.shape[1:])
+        return jax.random.randint(kt, (), 0, n_t), normal(ke, x0.shape[1:])
 
     t, eps = jax.vmap(draw)(keys)
     x_t = q_sample(sched, x0, t, eps)
@@ -178,4 +189,4 @@ def make_task(config):
 
 
 __all__ = ["torch_like_init", "init_part", "param_template", "init_params", "load_params",
-           "dkenet_loss", "rrdb_loss", "denoiser_loss", "make_task"]
+           "dkenet_loss", "rrdb_loss", "num_train_steps", "denoiser_loss", "make_task"]
