@@ -41,7 +41,7 @@ Presets
          less the smaller t is (Set5 SV validation set, PSNR-Y of SSR vs SVKR's 28.98: t = 20
          28.08, t = 60 27.14). The paper's start is diffusion.t_start = None.
          Such a sampler only queries the denoiser at t <= t_start, so the benchmark's denoisers
-         were fine-tuned there: resumed from the 600-step one for 400 steps (25 min) with
+         were fine-tuned there: resumed from the 600-step one to 1,000 steps (31 min) with
          --config.diffusion.train_t_max=50 --config.train.max_minutes=25 (a copy of the
          workdir). Set5 SV: PSNR-Y 28.55 against 28.08 before (SVKR 28.98).
   test   x2, K 11, very tiny, for tests/test_ssr.py.
