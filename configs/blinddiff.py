@@ -141,6 +141,8 @@ def _base() -> ml_collections.ConfigDict:
     c.train.log_every = 1000
     c.train.max_minutes = 0.0    # wall-clock budget of a session (0: none): stop after the first
     #                              checkpointed chunk past it; resume with the same workdir
+    c.train.init_from = placeholder(str)  # a trained model (workdir or model/): fine-tune it in a
+    #                                       new workdir (kfsr.train.supervised.warm_start)
 
     # ---------------- sampling: Algorithm 2 as implemented (report §1.4)
     c.guidance = ml_collections.ConfigDict()

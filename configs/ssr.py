@@ -198,6 +198,8 @@ def _base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 50
     c.train.log_every = 1000
     c.train.max_minutes = 0.0
+    # a trained model (workdir or model/) to start from: a fine-tune in a new workdir
+    c.train.init_from = placeholder(str)
 
     # ---------------- sampling loop (kfsr.train.loop.run); one step = one reverse step
     c.loop = ml_collections.ConfigDict()

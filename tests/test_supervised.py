@@ -97,6 +97,20 @@ def test_resume_is_bit_identical(tmp_path):
     assert not res_c.budget_stop
     assert [h["loss"] for h in res_c.history] == [h["loss"] for h in ref.history]
     assert np.array_equal(np.asarray(res_c.state["ema"]), np.asarray(ref.state["ema"]))
+    # warm start (train.init_from): a new run in a new workdir starts from run a's exported EMA
+    # weights, with a fresh optimiser and counters (same seed and data stream as run a, so only
+    # the starting weights differ: the first loss is not run a's first loss)
+    c.train.steps, c.train.init_from = 5, str(tmp_path / "a")
+    warm = sup.train(c, str(tmp_path / "d"), progress=False)
+    assert int(warm.state["step"]) == int(warm.state["data_step"]) == 5
+    assert warm.history[0]["loss"] != ref.history[0]["loss"]
+    setup = sup.cached_setup(c)
+    s0 = sup.warm_start(setup, sup.init_state(setup, jax.random.key(0)), str(tmp_path / "a" / "model"))
+    assert np.array_equal(np.asarray(s0["ema"]), np.asarray(ref.state["ema"]))
+    assert int(s0["step"]) == 0
+    c.train.init_from = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match="init_from"):
+        sup.train(c, str(tmp_path / "e"), progress=False)
 
 
 _CHILD = r"""

@@ -551,6 +551,19 @@ def load_model(path: str, template, meta: dict, field: str = "config.checkpoint"
     return jax.tree.map(jnp.asarray, state["params"]), int(step)
 
 
+def warm_start(setup: TrainSetup, state: dict, path: str) -> dict:
+    """`state` with params and EMA set to the model exported in `path` (config.train.init_from).
+
+    A fine-tune is a new run: the optimiser state, step counter and data stream start afresh
+    (so a longer or lower-lr schedule can continue a finished run in a new workdir; resuming the
+    same workdir with changed train.steps is refused). The saved model must match this config's
+    architecture (`setup.task.meta`); a checkpoint in the new workdir, if any, still wins (resume).
+    """
+    params, _ = load_model(path, state["params"], dict(setup.task.meta), field="config.train.init_from")
+    flat, _ = ravel_pytree(params)
+    return dict(state, params=params, ema=flat.astype(state["ema"].dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
@@ -592,6 +605,9 @@ def train(config, workdir: str | None = None, *, progress: bool = True,
     state, `budget_stop` is set, and running again with the same workdir resumes from it
     (bit-identically: chunk boundaries do not depend on where a session stopped). The budget
     counts this session only.
+
+    Warm start: config.train.init_from (a workdir or model/ of an earlier run of the same
+    architecture) initialises params and EMA from that model in a new run (`warm_start`).
     """
     from kfsr.train import loop
 
@@ -602,6 +618,9 @@ def train(config, workdir: str | None = None, *, progress: bool = True,
     steps = int(tc.steps)
     state = init_state(setup, jax.random.key(int(config.seed)),
                        fixed_batch=bool(config.data.get("fixed", False)))
+    init_from = tc.get("init_from", None)
+    if init_from:
+        state = warm_start(setup, state, init_from)
     chunk = int(tc.chunk)
     ckpt_every = int(tc.checkpoint_every)
     ckpt_dir = model_dir = None
