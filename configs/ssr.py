@@ -44,6 +44,10 @@ Presets
          were fine-tuned there: resumed from the 600-step one to 1,000 steps (31 min) with
          --config.diffusion.train_t_max=50 --config.train.max_minutes=25 (a copy of the
          workdir). Set5 SV: PSNR-Y 28.55 against 28.08 before (SVKR 28.98).
+         The benchmark's RRDB and both DKENets were then fine-tuned from their exported
+         models in new workdirs (--config.train.init_from=runs/ssr_cpu_P, a new lr schedule;
+         DKENets on crop 128): Set5 SV with depth 28.90, without depth 28.78; Set14 SV 25.89
+         and 25.80 against DIP-DKP's 25.69 (docs/BENCHMARKS.md has every command).
   test   x2, K 11, very tiny, for tests/test_ssr.py.
 
 Unspecified choices (report §2.8) and how this config decides each:
