@@ -50,8 +50,9 @@ import time
 import numpy as np
 
 import kfsr  # noqa: F401  (XLA flags)
-from kfsr.presets import apply_override
+from kfsr.methods.ssr_setup import PARTS as SSR_PARTS  # the trained parts of SSR
 from kfsr.metrics import aligned_field_errors, field_lr_psnr
+from kfsr.presets import apply_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
@@ -67,7 +68,6 @@ BLINDDIFF_METHODS = ("blinddiff", "blinddiff_oracle")
 # stand-in), without depth (config.use_depth=False, its own weights: --ssr-nodepth-ckpt), with the
 # set's true depth map as the user's depth, and given the true kernel / field (oracle)
 SSR_METHODS = ("ssr", "ssr_nodepth", "ssr_gt_depth", "ssr_oracle")
-SSR_PARTS = ("dkenet", "rrdb", "denoiser")  # kfsr.methods.ssr.PARTS, the trained parts
 
 
 def _given_kernel(method: str) -> bool:
@@ -528,11 +528,11 @@ def _table(rows: list[dict], methods: list[str], spatially_variant: bool = False
         cols = ["psnr_y", "ssim_y", "svkr_psnr_y", "field_error", "field_lr_psnr", "seconds",
                 "peak_mib"]
         head = ("| method | n | PSNR-Y | SSIM-Y | SVKR PSNR-Y | field err (aligned, mean/px) "
-                "| field LR PSNR (MANet) | s / image | peak MiB | % of oracle gain |")
+                "| field LR PSNR (MANet) | median s / image | median peak MiB | % of oracle gain |")
     else:
         cols = ["psnr_y", "ssim_y", "kernel_psnr", "kernel_error", "lr_psnr", "seconds", "peak_mib"]
         head = ("| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR "
-                "| s / image | peak MiB | % of oracle gain |")
+                "| median s / image | median peak MiB | % of oracle gain |")
     lines = [head, "|---" * 10 + "|"]
     oracle = next((o for o in ("oracle_dip", "oracle_fft", "ssr_oracle")
                    if any(r["method"] == o for r in rows)), None)

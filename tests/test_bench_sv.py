@@ -112,8 +112,8 @@ def test_sv_table_columns_and_unchanged_default_table():
     assert line["ssr"].rstrip(" |").endswith("50 % (ssr_oracle)")
     plain = bench._table(rows[:1], ["bicubic"])
     assert plain.splitlines()[0] == (
-        "| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | s / image "
-        "| peak MiB | % of oracle gain |")
+        "| method | n | PSNR-Y | SSIM-Y | kernel PSNR | aligned kernel err | LR PSNR | median s / image "
+        "| median peak MiB | % of oracle gain |")
 
 
 def test_bench_ssr_flags_fail_in_one_line(tmp_path):
