@@ -22,16 +22,20 @@ import os
 import shutil
 import sys
 
+from kfsr import io
+
 SUFFIXES = ("_config.json", "_curve.json", "_kernel.npy", ".json")
 MAX_BYTES = 256 * 1024  # a 33x33 kernel is 9 KiB; fields and images are far larger
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _kept(name: str) -> bool:
-    return (name.endswith(SUFFIXES) and not name.endswith(("_partial.json", "manifest.json"))
-            and name != "results.json"
-            and ".ckpt" not in name)
+def _case_of(name: str) -> str | None:
+    """The image a per-case record file belongs to, or None for files that are not records (the
+    set's rebuilt aggregate, an unfinished case's partial result, images, fields)."""
+    if name in ("results.json", "manifest.json") or name.endswith("_partial.json"):
+        return None
+    return next((name[: -len(s)] for s in SUFFIXES if name.endswith(s)), None)
 
 
 def _finished_files(src: str):
@@ -41,18 +45,12 @@ def _finished_files(src: str):
         if rel.split(os.sep)[0] == "data":  # generated inputs: rebuilt from the seed
             dirs[:] = []
             continue
-        dirs[:] = [x for x in dirs if not x.endswith(".ckpt")]
-        finished = {f[:-5] for f in files if f.endswith(".json") and _kept(f)
-                    and not f.endswith(("_config.json", "_curve.json"))}
+        dirs[:] = [x for x in dirs if not x.endswith(".ckpt")]  # loop checkpoints
+        finished = {f[:-5] for f in files if f.endswith(".json") and _case_of(f) == f[:-5]}
         for f in sorted(files):
-            if not _kept(f):
-                continue
-            case = next((c for c in finished if f in (c + s for s in SUFFIXES)), None)
-            if case is None:
-                continue
-            if os.path.getsize(os.path.join(d, f)) > MAX_BYTES:
-                continue
-            yield os.path.normpath(os.path.join(rel, f))
+            if (_case_of(f) in finished
+                    and os.path.getsize(os.path.join(d, f)) <= MAX_BYTES):
+                yield os.path.normpath(os.path.join(rel, f))
 
 
 def copy_tree(src: str, dst: str, *, overwrite_conflicts: bool = False) -> tuple[int, list[str]]:
@@ -66,10 +64,8 @@ def copy_tree(src: str, dst: str, *, overwrite_conflicts: bool = False) -> tuple
             if not overwrite_conflicts:
                 conflicts.append(rel)
                 continue
-        os.makedirs(os.path.dirname(b), exist_ok=True)
-        tmp = b + ".tmp"
-        shutil.copy2(a, tmp)
-        os.replace(tmp, b)  # atomic: a killed copy leaves no half file
+        with open(a, "rb") as f:  # atomic: a killed copy leaves no half file
+            io._atomic_write(b, lambda out: shutil.copyfileobj(f, out))
         copied += 1
     return copied, conflicts
 
