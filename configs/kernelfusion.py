@@ -40,6 +40,13 @@ def _base() -> ml_collections.ConfigDict:
     # cross-correlation, stride s from offset 0 (DIV2KRK synthesis, kf.md §5.1 step 6); the paper's
     # Eq. 1 has no noise term [V]. Kernels come out in kfsr's "aligned" centre convention
     # (centre of mass K//2 + (s-1)/2), the one the DIV2KRK benchmark data uses.
+    # Centre convention of the kernels of the data (kfsr.degrade.kernels.target_center) [I]:
+    # 'aligned' (K//2 + (s-1)/2: DIV2KRK, real photos; bicubic's own geometry) or 'dkp' ((K-s)/2:
+    # the DKP-protocol benchmark sets, whose HR image sits s-1 HR px up-left of bicubic's). The
+    # joint estimate is shift-ambiguous and starts from bicubic, so this pins the geometry: the
+    # bicubic start is rolled by the difference, and the Gaussian kernel init and the centroid
+    # loss use this centre (as DIP-DKP's rks.center does).
+    c.kernel_center = "aligned"
     c.padding = "reflect"
     c.sampling = "stride"
     c.offset = 0

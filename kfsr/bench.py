@@ -30,7 +30,8 @@ midway resumes from its last loop checkpoint (`<result>.ckpt/`, removed when the
 Each finished case also saves the resolved config it ran with (`<image>_config.json`); a later run
 whose config differs (a changed preset default, another --set) warns with the differing fields and
 reuses the result: move it away to run the case again. The DKP rows (DIP-DKP, Diff-DKP) get
-the set's kernel centre convention as rks.center (`dataset_kernel_convention`).
+the set's kernel centre convention as rks.center (`dataset_kernel_convention`), the KernelFusion
+rows as kernel_center (where their bicubic start sits).
 """
 from __future__ import annotations
 
@@ -55,9 +56,13 @@ from kfsr.metrics import aligned_field_errors, field_lr_psnr
 from kfsr.presets import apply_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("bicubic", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
+METHODS = ("bicubic", "bicubic_rolled", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
            "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "blinddiff", "blinddiff_oracle",
            "ssr", "ssr_nodepth", "ssr_gt_depth", "ssr_oracle")
+# Bicubic rows: plain MATLAB bicubic, and the same rolled to the set's kernel-centre geometry (the
+# start KernelFusion gets from its kernel_center: on the DKP-convention sets the HR image sits s - 1
+# HR px up-left of bicubic's, which alone is worth ~2-7 dB; a reference for what the roll gives)
+BICUBIC_ROWS = ("bicubic", "bicubic_rolled")
 # KernelFusion and its two ablations (issue 4): without the patch denoiser ("U-Net only") and with
 # the U-Net applied once (before the PD) instead of twice
 _KF_ABLATIONS = {"kernelfusion": {}, "kf_unet_only": {"use_pd": False},
@@ -155,7 +160,7 @@ def _config_record(method: str, scale: int, preset: str | None, seed: int, overr
                    forward=None) -> dict | None:
     """The resolved config a case runs with, as JSON-able nested dicts (None for bicubic): saved
     next to the case's result as `<image>_config.json` and compared on later runs."""
-    if method == "bicubic":
+    if method in BICUBIC_ROWS:
         return None
     c = _config_for(method, scale, preset, overrides, forward)
     c.seed = seed
@@ -250,13 +255,20 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     extra: dict = {}  # method-specific metrics (SSR: svkr_psnr_y)
     ckpt = partial = None
     before = 0.0  # seconds spent by earlier, killed attempts at this case
-    if work is not None and method != "bicubic":
+    if work is not None and method not in BICUBIC_ROWS:
         ckpt, partial = os.path.abspath(work + ".ckpt"), work + "_partial.json"
         if os.path.isdir(ckpt) and os.path.isfile(partial):
             done = json.load(open(partial))
             before, curve = float(done["seconds"]), [list(c) for c in done["curve"]]
-    if method == "bicubic":
+    if method in BICUBIC_ROWS:
         hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
+        if method == "bicubic_rolled":  # kernel_center from main: the set's convention
+            from kfsr.degrade.kernels import target_center
+
+            k = 2 * scale + 1  # any odd size: the roll is -(s - 1) for 'dkp', 0 for 'aligned'
+            sh = int(round(target_center(k, scale, overrides.get("kernel_center", "aligned"))
+                           - target_center(k, scale, "aligned")))
+            hr = np.roll(hr, (sh, sh), axis=(0, 1))
         kernel = None
     else:
         cfg = _config_for(method, scale, preset, overrides, forward)
@@ -454,7 +466,7 @@ def _result_dir(method: str, preset: str | None) -> str:
 def _groups(method: str, todo: list, batch: int) -> list[list]:
     """Cases to run together: same-size LR images of a blind method with a batched `run`
     (--batch > 1), else one case per group."""
-    if batch < 2 or method in ("bicubic",) or _given_kernel(method):
+    if batch < 2 or method in BICUBIC_ROWS or _given_kernel(method):
         return [[t] for t in todo]
     from kfsr.methods.base import get_batch_method
 
@@ -773,11 +785,11 @@ def main(argv=None):
             ckpts = ({} if a.report_only else
                      _ssr_overrides(m, ssr_ckpt, ssr_nd_ckpt, a.ssr_random_init))
             method_overrides[m] = dict(overrides, **ckpts)
-    configured = ([_config_for(m, a.scale, a.preset, {}) for m in methods if m != "bicubic"]
+    configured = ([_config_for(m, a.scale, a.preset, {}) for m in methods if m not in BICUBIC_ROWS]
                   if overrides else [])
     for field in overrides:  # each --set applies to the methods whose config has the field
         if not any(_has_field(c, field) for c in configured):
-            named = ", ".join(m for m in methods if m != "bicubic") or "(bicubic only)"
+            named = ", ".join(m for m in methods if m not in BICUBIC_ROWS) or "(bicubic only)"
             raise SystemExit(f"error: --set {field}=...: no such config field in the configs of "
                              f"{named}")
     subsets = {}
@@ -811,6 +823,8 @@ def main(argv=None):
             set_overrides[m] = dict(method_overrides[m])
             if m in DKP_METHODS and convention is not None:
                 set_overrides[m].setdefault("rks.center", convention)
+            if (m in _KF_ABLATIONS or m == "bicubic_rolled") and convention is not None:
+                set_overrides[m].setdefault("kernel_center", convention)
             res_dir = _result_dir(m, a.preset) + (
                 "_random_init" if a.ssr_random_init and m in SSR_METHODS else "")
             for c in cases:

@@ -54,15 +54,18 @@ def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch, capsys):
     """bicubic + FFT oracle on 2 images; a second call reuses the finished cases; a call with
     another config warns (naming the field) and reuses them too."""
     out = str(tmp_path / "res")
-    args = ["--methods", "bicubic,oracle_fft", "--dataset", "set5_dkp", "--limit", "2",
-            "--out", out]
+    args = ["--methods", "bicubic,bicubic_rolled,oracle_fft", "--dataset", "set5_dkp", "--limit",
+            "2", "--out", out]
     bench.main(args)
     run_dir = os.path.join(out, "set5_dkp")
     rows = json.load(open(os.path.join(run_dir, "results.json")))
-    assert {r["method"] for r in rows} == {"bicubic", "oracle_fft"} and len(rows) == 4
-    oracle = np.mean([r["psnr_y"] for r in rows if r["method"] == "oracle_fft"])
-    bicubic = np.mean([r["psnr_y"] for r in rows if r["method"] == "bicubic"])
+    assert {r["method"] for r in rows} == {"bicubic", "bicubic_rolled", "oracle_fft"}
+    assert len(rows) == 6
+    oracle, bicubic, rolled = (np.mean([r["psnr_y"] for r in rows if r["method"] == m])
+                               for m in ("oracle_fft", "bicubic", "bicubic_rolled"))
     assert oracle > bicubic + 3, (oracle, bicubic)
+    # DKP-centred kernels put the HR image s - 1 px up-left of bicubic's: rolling it there gains
+    assert oracle > rolled > bicubic + 1, (oracle, rolled, bicubic)
     assert os.path.isfile(os.path.join(run_dir, "table.md"))
     calls = []
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: calls.append(a))
@@ -70,7 +73,8 @@ def test_bench_resumes_and_writes_tables(tmp_path, monkeypatch, capsys):
     assert calls == []  # everything was already done
     record = json.load(open(os.path.join(run_dir, "oracle_fft", rows[-1]["image"] + "_config.json")))
     assert record["tikhonov"]["alpha"] == 1e-4 and record["scale"] == 4
-    assert not any(f.endswith("_config.json") for f in os.listdir(os.path.join(run_dir, "bicubic")))
+    for m in ("bicubic", "bicubic_rolled"):
+        assert not any(f.endswith("_config.json") for f in os.listdir(os.path.join(run_dir, m)))
     assert "WARNING" not in capsys.readouterr().out
     bench.main(args + ["--set", "tikhonov.alpha=0.001"])
     out = capsys.readouterr().out

@@ -343,3 +343,28 @@ def test_gaussian_kernel_init_starts_near_the_gaussian():
     c.kernel.init = "delta"
     with pytest.raises(KfsrInputError, match="config.kernel.init"):
         kf.make_setup(c)
+
+
+def test_kernel_center_sets_the_start_geometry():
+    """kernel_center='dkp' (the DKP-protocol sets: HR image s - 1 px up-left of bicubic's) rolls
+    the bicubic start by -(s - 1) and centres the Gaussian kernel init there; 'aligned' (default)
+    keeps bicubic; an unknown convention or a half-pixel roll (even K) is a named error."""
+    c = _config()
+    assert kf.make_setup(c).start_shift == 0
+    c.kernel_center = "dkp"
+    c.kernel.init = "gaussian"
+    s = kf.make_setup(c)
+    assert s.start_shift == -(SCALE - 1)
+    lr = jax.random.uniform(jax.random.key(0), (6, 5, 3))
+    a, b = kf.bicubic_start(lr, SCALE), kf.bicubic_start(lr, SCALE, s.start_shift)
+    np.testing.assert_array_equal(np.asarray(b), np.roll(np.asarray(a), (1 - SCALE,) * 2, (1, 2)))
+    kp = s.siren.init(jax.random.key(1))
+    fitted = s.siren.apply(compile0(functools.partial(kf.fit_siren_to_gaussian, s), kp)(kp))
+    com = np.asarray(kern.center_of_mass(fitted))
+    np.testing.assert_allclose(com, kern.target_center(K, SCALE, "dkp"), atol=0.25)
+    c.kernel_center = "middle"
+    with pytest.raises(KfsrInputError, match="config.kernel_center"):
+        kf.make_setup(c)
+    c.kernel_center, c.kernel_size = "dkp", 12
+    with pytest.raises(KfsrInputError, match="odd kernel_size"):
+        kf.make_setup(c)

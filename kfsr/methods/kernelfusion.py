@@ -71,6 +71,7 @@ from kfsr.nets.siren import SirenKernel
 from kfsr.nets.unet import NORMS, OUTPUTS, UNet
 
 KERNEL_INITS = ("siren", "gaussian")
+KERNEL_CENTERS = ("aligned", "dkp")  # kfsr.degrade.kernels.target_center conventions
 
 State = dict
 
@@ -113,6 +114,7 @@ class Setup:
     kernel_init_sigma: float
     kernel_init_steps: int
     kernel_init_lr: float
+    kernel_center: str
     # phase 1
     p1_steps: int
     p1_batch: int
@@ -148,6 +150,15 @@ class Setup:
     def timesteps(self) -> tuple[int, ...]:
         """Phase-2 timesteps, decreasing: t_start, t_start - t_stride, ... (> t_end), then t_end."""
         return tuple(range(self.t_start, self.t_end, -self.t_stride)) + (self.t_end,)
+
+    @property
+    def start_shift(self) -> int:
+        """HR pixels (both axes) the bicubic start is rolled by so that it sits where the forward
+        model with `kernel_center` kernels puts the HR image: 0 for 'aligned' (bicubic's own
+        geometry), -(s - 1) for 'dkp' (centre of mass (K - s)/2, odd K)."""
+        K, s = self.kernel_size, self.scale
+        d = kern.target_center(K, s, self.kernel_center) - kern.target_center(K, s, "aligned")
+        return int(round(d))
 
     @property
     def p2_steps(self) -> int:
@@ -243,6 +254,13 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
          "config.phase2.n_iter_first and n_iter must be >= 1")
     _req(p2.xt_mode in XT_MODES, f"config.phase2.xt_mode: one of {XT_MODES}, got {p2.xt_mode!r}")
     _req(p2.noise in NOISE_MODES, f"config.phase2.noise: one of {NOISE_MODES}, got {p2.noise!r}")
+    k_center = str(config.get("kernel_center", "aligned"))
+    _req(k_center in KERNEL_CENTERS,
+         f"config.kernel_center: one of {KERNEL_CENTERS}, got {k_center!r}")
+    shift = kern.target_center(K, s, k_center) - kern.target_center(K, s, "aligned")
+    _req(float(shift).is_integer(),
+         f"config.kernel_center={k_center!r} with kernel_size {K} at x{s} needs a half-pixel shift "
+         "of the bicubic start; use an odd kernel_size")
     crop = int(p1.crop)
     if lr_shape is not None:
         crop = min(crop, int(lr_shape[0]), int(lr_shape[1]))
@@ -258,6 +276,7 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
                           omega=float(kc.omega), leak=float(kc.leak)),
         kernel_init=k_init, kernel_init_sigma=k_sigma,
         kernel_init_steps=int(kc.get("init_steps", 0)), kernel_init_lr=float(kc.get("init_lr", 1e-3)),
+        kernel_center=k_center,
         p1_steps=int(p1.steps), p1_batch=int(p1.batch), p1_crop=crop, p1_lr=float(p1.lr),
         p1_lr_final_frac=float(p1.lr_final_frac), p1_grad_clip=float(p1.grad_clip),
         p1_ema_decay=float(p1.ema_decay), p1_ema_warmup=bool(p1.ema_warmup),
@@ -457,9 +476,13 @@ def train_pd(config, lr, key, *, checkpoint_dir=None, progress=True, on_chunk=No
 # --------------------------------------------------------------------------------------------
 # Phase 2: joint HR / kernel estimation through reverse diffusion
 # --------------------------------------------------------------------------------------------
-def bicubic_start(lr, scale: int):
-    """MATLAB-bicubic upscale of lr (h, w, C) in [0, 1] -> (1, s h, s w, C) in [-1, 1]."""
+def bicubic_start(lr, scale: int, shift: int = 0):
+    """MATLAB-bicubic upscale of lr (h, w, C) in [0, 1] -> (1, s h, s w, C) in [-1, 1], rolled
+    (circularly) by `shift` HR pixels on both axes (Setup.start_shift: bicubic places LR pixel i at
+    HR s i + (s-1)/2, the 'aligned' geometry; DKP-centred kernels put it at s i - (s-1)/2)."""
     up = imresize(lr, scale=scale)
+    if shift:
+        up = jnp.roll(up, (shift, shift), axis=(0, 1))
     return _to_pm1(up)[None]
 
 
@@ -474,7 +497,7 @@ def fit_siren_to_gaussian(setup: Setup, kp):
     """SIREN params fitted (kernel_init_steps Adam steps, squared error of the K*K-scaled kernel)
     to an isotropic Gaussian of std kernel_init_sigma centred where the centroid loss puts it."""
     K = setup.kernel_size
-    c = kern.target_center(K, setup.scale, "aligned")
+    c = kern.target_center(K, setup.scale, setup.kernel_center)
     var = setup.kernel_init_sigma ** 2
     target = kern.gaussian_from_params(K, var, var, 0.0, c)
     tx = optax.adam(setup.kernel_init_lr)
@@ -490,7 +513,7 @@ def fit_siren_to_gaussian(setup: Setup, kp):
 
 def _p2_init(setup: Setup, lr, pd_params, key) -> State:
     k_u, k_k, k_run, k_noise = jax.random.split(key, 4)
-    x0 = bicubic_start(lr, setup.scale)
+    x0 = bicubic_start(lr, setup.scale, setup.start_shift)
     unet = setup.unet.init(k_u, x0)
     kp = setup.siren.init(k_k)
     if setup.kernel_init == "gaussian":
@@ -520,7 +543,7 @@ def _schedule_position(setup: Setup, it):
 
 
 def _centroid_loss(setup: Setup, k):
-    target = kern.target_center(setup.kernel_size, setup.scale, "aligned")
+    target = kern.target_center(setup.kernel_size, setup.scale, setup.kernel_center)
     return jnp.sum((kern.center_of_mass(k) - target) ** 2)
 
 
