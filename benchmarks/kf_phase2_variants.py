@@ -43,7 +43,8 @@ def main():
         c = kc.get_config("cpu")
         c.scale, c.padding, c.offset, c.kernel_center = s, "circular", 0, "dkp"
         for k, v in over.items():
-            apply_override(c, k if "." in k or k in c else "phase2." + k, str(v))
+            apply_override(c, k if "." in k or k in c else "phase2." + k,
+                           str(v).lower() if isinstance(v, bool) else str(v))
         return c
 
     def score(x, k):
