@@ -18,7 +18,7 @@ Phase 2 (kf.md §2.2, the reconstructed Algorithm 1): PD frozen (its params are 
 never updated; gradients flow through it w.r.t. its input), U-Net U (kfsr.nets.unet, identity at
 init) and SIREN kernel K (kfsr.nets.siren) trained jointly by Adam on the LR consistency:
 
-    x0_prev = bicubic(y)  (MATLAB imresize x s)
+    x0_prev = bicubic(y)  (MATLAB imresize x s; rolled by -(s-1) HR px for kernel_center='dkp')
     for t in t_start, t_start - t_stride, ..., t_end:              (the "timestep schedule")
         for i in 1 .. (n_iter_first if first t else n_iter):        ONE loop step each
             z     = U(x0_prev)                                        U-Net pass #1
@@ -38,7 +38,11 @@ timestep (noise='per_timestep').
 
 Forward model (config padding / sampling / offset, default Degradation.div2krk(scale): reflect
 padding, cross-correlation, stride s from offset 0): kernels in the "aligned" convention (centre of
-mass K//2 + (s-1)/2, kfsr.degrade.kernels), which is what the DIV2KRK benchmark data uses.
+mass K//2 + (s-1)/2, kfsr.degrade.kernels), which is what the DIV2KRK benchmark data uses. The
+estimate is shift-ambiguous (a shifted kernel and a shifted HR image fit the LR equally), so the
+start fixes the geometry: config.kernel_center='dkp' (DKP-protocol data, centre (K-s)/2: the HR
+image sits s-1 px up-left of bicubic's) rolls the bicubic start there and centres the Gaussian
+kernel init and the centroid loss accordingly.
 
 Loop: each phase is `kfsr.train.loop.run` over ONE jitted step (Phase 2: one inner optimisation
 step; the timestep, first/last-of-timestep flags are functions of the step counter `it` in the
