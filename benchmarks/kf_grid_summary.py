@@ -17,12 +17,14 @@ import json
 import os
 
 import numpy as np
+from records import _case_of  # benchmarks/records.py: which files are finished-case results
+
+from kfsr.bench import _result_dir
 
 DATASETS = ("set14", "bsd100")
 FAMILIES = ("gaussian", "usrnet_motion", "motion", "l_shape", "empty_square", "filled_square")
 ROWS = ("bicubic", "bicubic_rolled", "oracle_fft", "dkp", "kernelfusion")
 OPTIONAL = ("kf_unet_only", "kf_one_unet_pass")
-PRESET_ROWS = ("dkp", "kernelfusion", "kf_unet_only", "kf_one_unet_pass")
 
 
 def load(out, scale, preset, crop=224, seed=0):
@@ -32,12 +34,11 @@ def load(out, scale, preset, crop=224, seed=0):
         for fam in FAMILIES:
             run = os.path.join(out, f"{ds}_c{crop}_x{scale}_{fam}_s{seed}")
             for m in ROWS + OPTIONAL:
-                d = os.path.join(run, m + (f"_{preset}" if m in PRESET_ROWS else ""))
+                d = os.path.join(run, _result_dir(m, preset))
                 if not os.path.isdir(d):
                     continue
                 for f in sorted(os.listdir(d)):
-                    if f.endswith(".json") and not f.endswith(("_config.json", "_curve.json",
-                                                               "_partial.json")):
+                    if f.endswith(".json") and _case_of(f) == f[:-5]:
                         r = json.load(open(os.path.join(d, f)))
                         if "psnr_y" in r:
                             cases.setdefault((ds, fam, f[:-5]), {})[m] = r

@@ -263,11 +263,10 @@ def run_case(method: str, case, scale: int, preset: str | None, seed: int,
     if method in BICUBIC_ROWS:
         hr = np.clip(np.asarray(imresize(case.lr, scale=scale)), 0, 1)
         if method == "bicubic_rolled":  # kernel_center from main: the set's convention
-            from kfsr.degrade.kernels import target_center
+            from kfsr.degrade.kernels import image_offset
 
-            k = 2 * scale + 1  # any odd size: the roll is -(s - 1) for 'dkp', 0 for 'aligned'
-            sh = int(round(target_center(k, scale, overrides.get("kernel_center", "aligned"))
-                           - target_center(k, scale, "aligned")))
+            # any odd kernel size: the roll is -(s - 1) for 'dkp', 0 for 'aligned'
+            sh = int(image_offset(2 * scale + 1, scale, overrides.get("kernel_center", "aligned")))
             hr = np.roll(hr, (sh, sh), axis=(0, 1))
         kernel = None
     else:

@@ -62,6 +62,7 @@ from kfsr.errors import KfsrInputError
 
 __all__ = [
     "normalize", "center_of_mass", "shift", "center", "pad_to", "flip", "target_center",
+    "image_offset",
     "gaussian_kernel", "gaussian_from_params", "sample_gaussian_params", "anisotropic_gaussian",
     "isotropic_gaussian", "compose_kernels", "div2krk_kernel", "dkp_kernel_size",
     "dkp_test_range", "dkp_prior_range", "dkp_test_kernel", "dkp_prior_kernel", "line_motion",
@@ -106,6 +107,13 @@ def target_center(size: int, scale: int, convention: str = "aligned") -> float:
     if convention == "dkp":
         return (size - scale) / 2.0
     raise KfsrInputError(f"kernel centre convention {convention!r}: use 'aligned' or 'dkp'")
+
+
+def image_offset(size: int, scale: int, convention: str) -> float:
+    """HR pixels (both axes) by which a set whose ``size``-square kernels follow ``convention``
+    places the HR image relative to bicubic's geometry ('aligned'): 0 for 'aligned', -(s - 1) for
+    'dkp' with odd ``size`` (a half-integer for even ``size``)."""
+    return target_center(size, scale, convention) - target_center(size, scale, "aligned")
 
 
 def flip(k):

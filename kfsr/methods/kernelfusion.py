@@ -160,9 +160,7 @@ class Setup:
         """HR pixels (both axes) the bicubic start is rolled by so that it sits where the forward
         model with `kernel_center` kernels puts the HR image: 0 for 'aligned' (bicubic's own
         geometry), -(s - 1) for 'dkp' (centre of mass (K - s)/2, odd K)."""
-        K, s = self.kernel_size, self.scale
-        d = kern.target_center(K, s, self.kernel_center) - kern.target_center(K, s, "aligned")
-        return int(round(d))
+        return int(kern.image_offset(self.kernel_size, self.scale, self.kernel_center))
 
     @property
     def p2_steps(self) -> int:
@@ -261,8 +259,7 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
     k_center = str(config.get("kernel_center", "aligned"))
     _req(k_center in KERNEL_CENTERS,
          f"config.kernel_center: one of {KERNEL_CENTERS}, got {k_center!r}")
-    shift = kern.target_center(K, s, k_center) - kern.target_center(K, s, "aligned")
-    _req(float(shift).is_integer(),
+    _req(float(kern.image_offset(K, s, k_center)).is_integer(),
          f"config.kernel_center={k_center!r} with kernel_size {K} at x{s} needs a half-pixel shift "
          "of the bicubic start; use an odd kernel_size")
     crop = int(p1.crop)
