@@ -61,10 +61,8 @@ def main():
         print("phase1 s", round(time.time() - t0), flush=True)
     path = f"{OUT}/{name}_{fam}.json"
     res = json.load(open(path)) if os.path.isfile(path) else {}
-    bic = np.asarray(kf._to_01(kf.bicubic_start(jnp.asarray(lr), s)[0]))
-    res["bicubic"] = score(bic, k_true)
-    sh = kf.make_setup(cfg({})).start_shift
-    res["bicubic_rolled"] = score(np.roll(bic, (sh, sh), axis=(0, 1)), k_true)
+    for row, shift in (("bicubic", 0), ("bicubic_rolled", kf.make_setup(cfg({})).start_shift)):
+        res[row] = score(np.asarray(kf._to_01(kf.bicubic_start(jnp.asarray(lr), s, shift)[0])), k_true)
     for v in variants:
         over = VAR[v] if v in VAR else dict(x.split("=", 1) for x in v.split(";") if x)
         c = cfg(over)
