@@ -17,9 +17,9 @@ import json
 import os
 
 import numpy as np
-from records import _case_of  # benchmarks/records.py: which files are finished-case results
+from records import case_of  # benchmarks/records.py: which files are finished-case results
 
-from kfsr.bench import _result_dir
+from kfsr.bench import result_dir
 
 DATASETS = ("set14", "bsd100")
 FAMILIES = ("gaussian", "usrnet_motion", "motion", "l_shape", "empty_square", "filled_square")
@@ -34,18 +34,18 @@ def load(out, scale, preset, crop=224, seed=0):
         for fam in FAMILIES:
             run = os.path.join(out, f"{ds}_c{crop}_x{scale}_{fam}_s{seed}")
             for m in ROWS + OPTIONAL:
-                d = os.path.join(run, _result_dir(m, preset))
+                d = os.path.join(run, result_dir(m, preset))
                 if not os.path.isdir(d):
                     continue
                 for f in sorted(os.listdir(d)):
-                    if f.endswith(".json") and _case_of(f) == f[:-5]:
+                    if f.endswith(".json") and case_of(f) == f[:-5]:
                         r = json.load(open(os.path.join(d, f)))
                         if "psnr_y" in r:
                             cases.setdefault((ds, fam, f[:-5]), {})[m] = r
     return {k: v for k, v in cases.items() if all(m in v for m in ROWS)}
 
 
-def table(cases) -> str:
+def table(cases, scale: int = 4) -> str:
     opt = [m for m in OPTIONAL if all(m in v for v in cases.values())] if cases else []
     cols = list(ROWS) + opt
     head = "| kernels | n | " + " | ".join(cols) + " | KF err | DKP err | KF median s |"
@@ -69,8 +69,18 @@ def table(cases) -> str:
                      + f" | {secs:.0f} |")
     allk = list(cases)
     ng = [k for k in cases if k[1] != "gaussian"]
+    # SSIM-Y, aligned kernel error and time of every row (the other columns)
+    lines += ["", "| row | SSIM-Y grid | SSIM-Y non-Gaussian | kernel error grid | median s |",
+              "|---|---|---|---|---|"]
+    for m in cols:
+        err = mean(allk, m, "kernel_error")
+        secs = [cases[k][m].get("seconds") for k in allk]
+        secs = [x for x in secs if x is not None]
+        lines.append(f"| {m} | {mean(allk, m, 'ssim_y'):.4f} | {mean(ng, m, 'ssim_y'):.4f} | "
+                     + ("–" if not np.isfinite(err) else f"{err:.3f}") + " | "
+                     + (f"{np.median(secs):.0f}" if secs else "–") + " |")
     kf = "kernelfusion"
-    lines += ["", "| target (x4, cpu) | measured | target |", "|---|---|---|",
+    lines += ["", f"| target (x{scale}, cpu) | measured | target |", "|---|---|---|",
               f"| KernelFusion - bicubic, whole grid | {mean(allk, kf) - mean(allk, 'bicubic'):+.2f} dB | >= +1.5 dB |",
               f"| KernelFusion - DIP-DKP, non-Gaussian | {mean(ng, kf) - mean(ng, 'dkp'):+.2f} dB | >= +1.0 dB |",
               f"| (KernelFusion - bicubic_rolled, whole grid) | {mean(allk, kf) - mean(allk, 'bicubic_rolled'):+.2f} dB | – |"]
@@ -86,7 +96,7 @@ def main():
     cases = load(a.out, a.scale, a.preset)
     print(f"{len(cases)} finished cases: "
           + ", ".join(f"{d}/{f}/{i}" for d, f, i in sorted(cases)))
-    print(table(cases))
+    print(table(cases, a.scale))
 
 
 if __name__ == "__main__":

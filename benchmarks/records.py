@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _case_of(name: str) -> str | None:
+def case_of(name: str) -> str | None:
     """The image a per-case record file belongs to, or None for files that are not records (the
     set's rebuilt aggregate, an unfinished case's partial result, images, fields)."""
     if name in ("results.json", "manifest.json") or name.endswith("_partial.json"):
@@ -46,9 +46,9 @@ def _finished_files(src: str):
             dirs[:] = []
             continue
         dirs[:] = [x for x in dirs if not x.endswith(".ckpt")]  # loop checkpoints
-        finished = {f[:-5] for f in files if f.endswith(".json") and _case_of(f) == f[:-5]}
+        finished = {f[:-5] for f in files if f.endswith(".json") and case_of(f) == f[:-5]}
         for f in sorted(files):
-            if (_case_of(f) in finished
+            if (case_of(f) in finished
                     and os.path.getsize(os.path.join(d, f)) <= MAX_BYTES):
                 yield os.path.normpath(os.path.join(rel, f))
 

@@ -457,7 +457,7 @@ PRESET_METHODS = (("oracle_dip", "dkp", "dkp_motion", "diff_dkp") + tuple(_KF_AB
                   + BLINDDIFF_METHODS + SSR_METHODS)  # the methods --preset applies to
 
 
-def _result_dir(method: str, preset: str | None) -> str:
+def result_dir(method: str, preset: str | None) -> str:
     """Results folder of a method: named with the preset only where the preset applies."""
     return method + (f"_{preset}" if preset and method in PRESET_METHODS else "")
 
@@ -824,7 +824,7 @@ def main(argv=None):
                 set_overrides[m].setdefault("rks.center", convention)
             if (m in _KF_ABLATIONS or m == "bicubic_rolled") and convention is not None:
                 set_overrides[m].setdefault("kernel_center", convention)
-            res_dir = _result_dir(m, a.preset) + (
+            res_dir = result_dir(m, a.preset) + (
                 "_random_init" if a.ssr_random_init and m in SSR_METHODS else "")
             for c in cases:
                 if m in subsets and c.name not in subsets[m]:
