@@ -24,7 +24,7 @@ from kfsr.bench import result_dir
 DATASETS = ("set14", "bsd100")
 FAMILIES = ("gaussian", "usrnet_motion", "motion", "l_shape", "empty_square", "filled_square")
 ROWS = ("bicubic", "bicubic_rolled", "oracle_fft", "dkp", "kernelfusion")
-OPTIONAL = ("kf_unet_only", "kf_one_unet_pass")
+OPTIONAL = ("kf_unet_only", "kf_one_unet_pass", "oracle_kf")
 
 
 def load(out, scale, preset, crop=224, seed=0):

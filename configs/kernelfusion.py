@@ -129,6 +129,9 @@ def _base() -> ml_collections.ConfigDict:
     c.phase2.clip_x0 = False       # xt_mode='posterior': clip the x0 fed to the posterior to [-1,1]
     c.phase2.use_pd = True         # False: ablation "U-Net only" (kf.md §3.4) [S]
     c.phase2.second_unet_pass = True   # False: ablation "PD + U-Net" (U-Net once, before the PD) [S]
+    # False: a non-blind diagnostic, not KernelFusion: Phase 2 uses the kernel given to run()
+    # (kfsr.bench row 'oracle_kf' gives the true one) instead of training the SIREN [I]
+    c.phase2.learn_kernel = True
     c.phase2.remat_pd = False      # jax.checkpoint the PD / U-Net calls (memory at HR size, kf.md §4)
     c.phase2.remat_unet = False
     # KernelGAN-style centre-of-mass loss weight (not part of KernelFusion, kf.md §2.3; ablation) [I]

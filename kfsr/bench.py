@@ -57,16 +57,18 @@ from kfsr.presets import apply_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("bicubic", "bicubic_rolled", "oracle_fft", "oracle_dip", "dkp", "dkp_paper", "dkp_motion", "diff_dkp",
-           "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "blinddiff", "blinddiff_oracle",
+           "kernelfusion", "kf_unet_only", "kf_one_unet_pass", "oracle_kf", "blinddiff", "blinddiff_oracle",
            "ssr", "ssr_nodepth", "ssr_gt_depth", "ssr_oracle")
 # Bicubic rows: plain MATLAB bicubic, and the same rolled to the set's kernel-centre geometry (the
 # start KernelFusion gets from its kernel_center: on the DKP-convention sets the HR image sits s - 1
 # HR px up-left of bicubic's, which alone is worth ~2-7 dB; a reference for what the roll gives)
 BICUBIC_ROWS = ("bicubic", "bicubic_rolled")
 # KernelFusion and its two ablations (issue 4): without the patch denoiser ("U-Net only") and with
-# the U-Net applied once (before the PD) instead of twice
+# the U-Net applied once (before the PD) instead of twice; and the non-blind diagnostic
+# 'oracle_kf': Phase 2 given the true kernel (the image path alone, what a perfect kernel gives)
 _KF_ABLATIONS = {"kernelfusion": {}, "kf_unet_only": {"use_pd": False},
-                 "kf_one_unet_pass": {"second_unet_pass": False}}
+                 "kf_one_unet_pass": {"second_unet_pass": False},
+                 "oracle_kf": {"learn_kernel": False}}
 # BlindDiff (trained MCFormer from --checkpoint) and the same sampler given the true kernel
 BLINDDIFF_METHODS = ("blinddiff", "blinddiff_oracle")
 # SSR (configs/ssr.py, kfsr.methods.ssr.run_full): with depth from config.depth (the MiDaS

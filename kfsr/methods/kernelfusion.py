@@ -33,7 +33,8 @@ init) and SIREN kernel K (kfsr.nets.siren) trained jointly by Adam on the LR con
     return x0^, k of the last step (a consistent pair)
 
 Ablations: use_pd=False ("U-Net only": no noising and no PD, x0^ = U(U(x0_prev))),
-second_unet_pass=False (x0^ = x0_pd). eps is fresh every inner step (noise='fresh') or fixed per
+second_unet_pass=False (x0^ = x0_pd). Diagnostic: learn_kernel=False runs Phase 2 with a given
+kernel in place of K() (the image path alone; kfsr.bench's 'oracle_kf' row gives it the true one). eps is fresh every inner step (noise='fresh') or fixed per
 timestep (noise='per_timestep').
 
 Forward model (config padding / sampling / offset, default Degradation.div2krk(scale): reflect
@@ -148,6 +149,7 @@ class Setup:
     remat_pd: bool
     remat_unet: bool
     centroid_weight: float
+    learn_kernel: bool = True
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -290,6 +292,7 @@ def make_setup(config, channels: int = 3, lr_shape=None) -> Setup:
         use_pd=bool(p2.use_pd), second_unet_pass=bool(p2.second_unet_pass),
         remat_pd=bool(p2.remat_pd), remat_unet=bool(p2.remat_unet),
         centroid_weight=float(p2.centroid_weight),
+        learn_kernel=bool(p2.get("learn_kernel", True)),
     )
 
 
@@ -487,11 +490,32 @@ def bicubic_start(lr, scale: int, shift: int = 0):
     return _to_pm1(up)[None]
 
 
-def init_phase2(config, lr, pd_params, key) -> State:
-    """Phase-2 state: U-Net and SIREN params + Adam states, frozen PD params, the HR estimate."""
+def init_phase2(config, lr, pd_params, key, kernel=None) -> State:
+    """Phase-2 state: U-Net and SIREN params + Adam states, frozen PD params, the HR estimate
+    (and, with phase2.learn_kernel False, the given kernel, see `fixed_kernel`)."""
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    return _jit_o0(_p2_init, setup, lr, pd_params, key)
+    return _jit_o0(_p2_init, setup, lr, pd_params, key, fixed_kernel(setup, kernel))
+
+
+def fixed_kernel(setup: Setup, kernel):
+    """The (K, K) kernel a phase2.learn_kernel=False run uses: `kernel` (any odd or even size in
+    the data's convention) zero-padded / cropped to K about its correlation anchor
+    (kfsr.degrade.kernels.pad_to, which keeps the blur it performs) and normalised to sum 1.
+    None for a blind run; KfsrInputError if the two do not match."""
+    if setup.learn_kernel:
+        if kernel is not None:
+            raise KfsrInputError("kernelfusion is a blind method: it estimates the kernel (no "
+                                 "--kernel; phase2.learn_kernel=False runs Phase 2 with a given one)")
+        return None
+    if kernel is None:
+        raise KfsrInputError("config.phase2.learn_kernel=False: Phase 2 needs the kernel to use "
+                             "(kernel=..., the non-blind diagnostic 'oracle_kf' of kfsr.bench)")
+    k = np.asarray(kernel, np.float32)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)) or k.sum() <= 0:
+        raise KfsrInputError(f"kernel: need a square (K, K) finite kernel with a positive sum, got "
+                             f"shape {k.shape}")
+    return kern.normalize(kern.pad_to(jnp.asarray(k), setup.kernel_size), clip=True)
 
 
 def fit_siren_to_gaussian(setup: Setup, kp):
@@ -512,15 +536,16 @@ def fit_siren_to_gaussian(setup: Setup, kp):
     return jax.lax.fori_loop(0, setup.kernel_init_steps, body, (kp, tx.init(kp)))[0]
 
 
-def _p2_init(setup: Setup, lr, pd_params, key) -> State:
+def _p2_init(setup: Setup, lr, pd_params, key, k_fixed=None) -> State:
     k_u, k_k, k_run, k_noise = jax.random.split(key, 4)
     x0 = bicubic_start(lr, setup.scale, setup.start_shift)
     unet = setup.unet.init(k_u, x0)
     kp = setup.siren.init(k_k)
     if setup.kernel_init == "gaussian":
         kp = fit_siren_to_gaussian(setup, kp)
-    k0 = setup.siren.apply(kp)
-    return {
+    k0 = setup.siren.apply(kp) if k_fixed is None else k_fixed
+    extra = {} if k_fixed is None else {"k_fixed": k_fixed}
+    return {**extra,
         "unet": unet, "unet_opt": setup.p2_tx(setup.p2_lr).init(unet),
         "siren": kp, "siren_opt": setup.p2_tx(setup.p2_kernel_lr).init(kp),
         "pd": pd_params, "lr": lr, "key": k_run, "noise_key": k_noise,
@@ -548,9 +573,11 @@ def _centroid_loss(setup: Setup, k):
     return jnp.sum((kern.center_of_mass(k) - target) ** 2)
 
 
-def phase2_forward(setup: Setup, unet_p, siren_p, pd_p, x0_prev, xt_prev, y, t, t_prev, key):
+def phase2_forward(setup: Setup, unet_p, siren_p, pd_p, x0_prev, xt_prev, y, t, t_prev, key,
+                   k_fixed=None):
     """One pass of the reconstructed Algorithm 1 (differentiable w.r.t. unet_p, siren_p and the
-    PD's input). Returns (loss, (lr_mse, x0_hat, x_t, k))."""
+    PD's input). `k_fixed` (K, K): use it instead of the SIREN (phase2.learn_kernel False).
+    Returns (loss, (lr_mse, x0_hat, x_t, k))."""
     from kfsr.degrade import degrade
 
     sched = setup.sched()
@@ -575,11 +602,11 @@ def phase2_forward(setup: Setup, unet_p, siren_p, pd_p, x0_prev, xt_prev, y, t, 
     else:                                                            # ablation "U-Net only"
         x_t, x0_pd = z, z
     x0_hat = u(unet_p, x0_pd) if setup.second_unet_pass else x0_pd  # U-Net pass #2
-    k = setup.siren.apply(siren_p)
+    k = setup.siren.apply(siren_p) if k_fixed is None else k_fixed
     lr_hat = degrade(_to_01(x0_hat[0]), k, setup.spec)
     lr_mse = jnp.mean((lr_hat - y) ** 2)
     loss = lr_mse
-    if setup.centroid_weight > 0:
+    if setup.centroid_weight > 0 and k_fixed is None:
         loss = loss + setup.centroid_weight * _centroid_loss(setup, k)
     return loss, (lr_mse, x0_hat, x_t, k)
 
@@ -593,7 +620,7 @@ def _p2_step(setup: Setup, state: State) -> tuple[State, dict]:
 
     def f(params):
         return phase2_forward(setup, params[0], params[1], pd_p, st["x0_prev"], st["xt_prev"],
-                              st["lr"], t, t_prev, k_noise)
+                              st["lr"], t, t_prev, k_noise, st.get("k_fixed"))
 
     (loss, (lr_mse, x0_hat, x_t, k)), (g_u, g_k) = jax.value_and_grad(f, has_aux=True)(
         (st["unet"], st["siren"]))
@@ -627,13 +654,15 @@ def num_phase2_steps(config) -> int:
     return make_setup(config).p2_steps
 
 
-def sample(config, lr, pd_params, key, *, checkpoint_dir=None, progress=True, on_chunk=None):
-    """Phase 2 with a trained PD -> (hr (H, W, C) in [0, 1], kernel (K, K), history, state)."""
+def sample(config, lr, pd_params, key, *, checkpoint_dir=None, progress=True, on_chunk=None,
+           kernel=None):
+    """Phase 2 with a trained PD -> (hr (H, W, C) in [0, 1], kernel (K, K), history, state).
+    `kernel`: the fixed kernel of a phase2.learn_kernel=False run (`fixed_kernel`)."""
     from kfsr.train import loop
 
     lr = jnp.asarray(lr, jnp.float32)
     setup = make_setup(config, channels=lr.shape[-1], lr_shape=lr.shape[:2])
-    state = _jit_o0(_p2_init, setup, lr, pd_params, key)
+    state = _jit_o0(_p2_init, setup, lr, pd_params, key, fixed_kernel(setup, kernel))
     state, history = loop.run(
         _p2_step_fn(setup), state, setup.p2_steps, chunk=int(config.loop.chunk),
         checkpoint_dir=None if checkpoint_dir is None else os.path.join(checkpoint_dir, "phase2"),
@@ -658,13 +687,14 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=No
     False ("U-Net only") Phase 1 is skipped too (nothing uses the PD). `checkpoint_dir`: orbax
     checkpoints of both phases (resume) and the trained PD in `checkpoint_dir/pd`.
     `on_chunk(phase, step, state, history)` is called after every loop chunk ('phase1'/'phase2').
+    `kernel`: only with config.phase2.learn_kernel False (a non-blind diagnostic: Phase 2 with this
+    kernel fixed, the SIREN unused; `fixed_kernel`); a blind run refuses it.
     History rows carry "phase" (1.0 or 2.0).
     """
     from kfsr.io import check_lr
 
-    if kernel is not None:
-        raise KfsrInputError("kernelfusion is a blind method: it estimates the kernel (no --kernel)")
     setup0 = make_setup(config)
+    fixed_kernel(setup0, kernel)  # blind: no kernel; learn_kernel=False: a valid one
     lr = jnp.asarray(check_lr(lr, setup0.scale, max(1, setup0.kernel_size // setup0.scale),
                               name="kernelfusion input"))
     key = jax.random.key(int(config.seed)) if key is None else key
@@ -684,6 +714,6 @@ def run(config, lr, key=None, *, checkpoint_dir=None, progress=True, on_chunk=No
             if d:
                 save_pd(os.fspath(d), setup, pd_params)
     hr, k, h2, _ = sample(config, lr, pd_params, k2, checkpoint_dir=checkpoint_dir,
-                          progress=progress, on_chunk=on_chunk)
+                          progress=progress, on_chunk=on_chunk, kernel=kernel)
     history = [dict(r, phase=1.0) for r in h1] + [dict(r, phase=2.0) for r in h2]
     return Result(hr=hr, kernel=k, history=history)
