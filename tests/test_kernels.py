@@ -314,3 +314,18 @@ def test_registry():
         assert out.shape == (3, 19, 19) and out.dtype == jnp.float32
     with pytest.raises(KfsrInputError):
         K.sample("nope", jax.random.PRNGKey(0), 19, 4)
+
+
+@pytest.mark.parametrize("scale,size", [(2, 13), (4, 31), (4, 19)])
+def test_bicubic_kernel_reproduces_matlab_bicubic_downscaling(scale, size):
+    """Blurring with kernels.bicubic_kernel in the DIV2KRK forward model (reflect padding, stride
+    from offset 0) is MATLAB's bicubic x1/s downscaling (kfsr's imresize) to float32 precision."""
+    from kfsr.degrade import Degradation, degrade
+    from kfsr.degrade.imresize import imresize
+
+    img = np.asarray(jax.random.uniform(jax.random.key(3), (48, 40, 3)))
+    k = K.bicubic_kernel(size, scale)
+    assert k.shape == (size, size) and abs(float(k.sum()) - 1.0) < 1e-6
+    a = np.asarray(degrade(jnp.asarray(img), k, Degradation.div2krk(scale)))
+    b = np.asarray(imresize(img, scale=1 / scale))
+    np.testing.assert_allclose(a, b, atol=2e-5)

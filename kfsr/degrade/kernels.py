@@ -116,6 +116,24 @@ def image_offset(size: int, scale: int, convention: str) -> float:
     return target_center(size, scale, convention) - target_center(size, scale, "aligned")
 
 
+def bicubic_kernel(size: int, scale: int, convention: str = "aligned"):
+    """The blur of MATLAB's bicubic x1/scale downscaling as a ``(size, size)`` kernel of kfsr's
+    forward model (the reference "kernel" a blind method should beat: KernelGAN's baseline).
+
+    Antialiased downscaling weights each HR pixel by Keys' cubic (a = -0.5) stretched by the scale,
+    ``cubic(d / s) / s`` at distance ``d`` from the LR pixel's HR position; with stride sampling
+    that position is ``target_center(size, scale, convention)`` (the aligned one is bicubic's own).
+    Separable, normalised to sum 1, with the cubic's small negative lobes; support 4s (clipped to
+    ``size``).
+    """
+    from kfsr.degrade.imresize import cubic
+
+    d = (np.arange(size, dtype=np.float64) - target_center(size, scale, convention)) / scale
+    w = cubic(d)
+    k = np.outer(w, w)
+    return jnp.asarray(k / k.sum(), _F32)
+
+
 def flip(k):
     """Rotate by 180 degrees: correlation kernel <-> convolution kernel (PSF)."""
     return jnp.asarray(k)[..., ::-1, ::-1]
