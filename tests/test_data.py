@@ -192,9 +192,14 @@ def test_kernelfusion_rows_model_the_sets_own_degradation():
                                   ("div2krk:/data", "gaussian", Degradation.div2krk(4))):
         fwd = bench.dataset_forward_model(dataset, family, 4)
         assert fwd == want
-        for method in ("kernelfusion", "kf_unet_only", "kf_one_unet_pass"):
+        for method in ("kernelfusion", "kf_unet_only", "kf_one_unet_pass", "oracle_kf"):
             c = bench._config_for(method, 4, "cpu", {}, fwd)
             assert (c.padding, c.sampling, c.offset) == (want.padding, want.sampling, want.offset)
+            # the rows differ from the method only in their ablation switch
+            assert c.phase2.learn_kernel == (method != "oracle_kf")
+            assert c.phase2.use_pd == (method != "kf_unet_only")
+            assert c.phase2.second_unet_pass == (method != "kf_one_unet_pass")
+    assert bench._given_kernel("oracle_kf") and not bench._given_kernel("kernelfusion")
     assert bench.dataset_forward_model("folder:/x", "gaussian", 4) is None
 
 
