@@ -165,6 +165,32 @@ def test_presets_validate_and_bad_fields_are_named():
     assert [bool(p[4]) for p in pos] == [False, True, False, True, False, True]
 
 
+def test_paper_preset_shapes_and_parameter_counts():
+    """The paper preset, by jax.eval_shape only (nothing allocated or run): the PD is 128 channels
+    wide with a 512-d time embedding (the count below from its layer list: in 3x3 3->128, 3x3
+    128->128, five 3x3 + 1x1 blocks, 1x1 out, time MLP 128->512->512 and six 512->128
+    projections), the SIREN 5 sine layers of 256, the U-Net 4 levels 32 -> 512 channels; a
+    Phase-1 step on 32 crops of 64x64 and a Phase-2 step at 256x256 HR (x4, K = 31) type-check."""
+    c = kf_configs.get_config("paper")
+    lr = jax.ShapeDtypeStruct((64, 64, 3), jnp.float32)
+    s = kf.make_setup(c, 3, (64, 64))
+    count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+    w, conv3, conv1 = 128, 9 * 128 * 128 + 128, 128 * 128 + 128
+    want_pd = ((27 * w + w) + conv3 + 5 * (conv3 + conv1) + (w * 3 + 3)
+               + (w * 512 + 512) + (512 * 512 + 512) + 6 * (512 * w + w))
+    st1 = jax.eval_shape(functools.partial(kf._p1_init, s), lr, jax.random.key(0))
+    assert count(st1["pd"]) == want_pd == 1_694_723
+    st2 = jax.eval_shape(functools.partial(kf._p2_init, s), lr, st1["pd"], jax.random.key(1))
+    assert count(st2["siren"]) == (2 * 256 + 256) + 4 * (256 * 256 + 256) + (256 + 1)
+    assert {a.shape[-1] for a in jax.tree.leaves(st2["unet"])} == {3, 32, 64, 128, 256, 512}
+    assert st2["hr"].shape == (1, 256, 256, 3) and st2["kernel"].shape == (31, 31)
+    out1, m1 = jax.eval_shape(kf._p1_step_fn(s), st1)
+    assert jax.tree.map(lambda a: a.shape, out1) == jax.tree.map(lambda a: a.shape, st1)
+    out2, m2 = jax.eval_shape(kf._p2_step_fn(s), st2)
+    assert out2["hr"].shape == (1, 256, 256, 3) and m2["loss"].shape == ()
+    assert s.p1_batch == 32 and s.p1_steps == 600_000 and s.p2_steps == 100 + 20 * 199
+
+
 # ------------------------------------------------------------------------------- Phase 1
 def test_phase1_training_lowers_the_denoising_loss(problem, full_run, trained_pd):
     """The trained PD (EMA weights, from the reference run's saved PD) has a lower v-prediction
