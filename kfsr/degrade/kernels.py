@@ -62,7 +62,7 @@ from kfsr.errors import KfsrInputError
 
 __all__ = [
     "normalize", "center_of_mass", "shift", "center", "pad_to", "flip", "target_center",
-    "image_offset",
+    "image_offset", "bicubic_kernel", "check_kernel",
     "gaussian_kernel", "gaussian_from_params", "sample_gaussian_params", "anisotropic_gaussian",
     "isotropic_gaussian", "compose_kernels", "div2krk_kernel", "dkp_kernel_size",
     "dkp_test_range", "dkp_prior_range", "dkp_test_kernel", "dkp_prior_kernel", "line_motion",
@@ -787,19 +787,29 @@ def load_kernel(path, size: int | None = None, *, key: str | None = None, index:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
         raise KfsrInputError(f"{path}: cannot read kernel ({_one_line(e)})") from None
+    return check_kernel(a, size, name=path)
+
+
+def check_kernel(a, size: int | None = None, *, name: str = "kernel"):
+    """An in-memory kernel array -> ``(K, K)`` float32 numpy array, clipped at 0, sum 1: the
+    checks ``load_kernel`` applies after reading a file. Singleton axes are squeezed, a
+    rectangular kernel is zero-padded to square about its centre, ``size`` zero-pads or crops
+    with ``pad_to``. Raises ``KfsrInputError`` (one line, starting with ``name``) for non-numeric
+    or non-2-D data, NaN / Inf, or a kernel whose sum is <= 0 or that is all zero after clipping.
+    """
     a = np.asarray(a)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise KfsrInputError(f"{path}: kernel is not numeric (dtype {a.dtype})")
+        raise KfsrInputError(f"{name}: kernel is not numeric (dtype {a.dtype})")
     a = np.squeeze(a).astype(np.float64)
     if a.ndim != 2 or min(a.shape) < 1:
-        raise KfsrInputError(f"{path}: kernel must be 2-D, got shape {a.shape}")
+        raise KfsrInputError(f"{name}: kernel must be 2-D, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise KfsrInputError(f"{path}: kernel contains NaN or Inf")
+        raise KfsrInputError(f"{name}: kernel contains NaN or Inf")
     if a.sum() <= 0 and np.any(a != 0):
-        raise KfsrInputError(f"{path}: kernel sum is {a.sum():.3g} (must be positive)")
+        raise KfsrInputError(f"{name}: kernel sum is {a.sum():.3g} (must be positive)")
     a = np.maximum(a, 0.0)
     if a.sum() <= 0:
-        raise KfsrInputError(f"{path}: kernel is all zero")
+        raise KfsrInputError(f"{name}: kernel is all zero")
     if a.shape[0] != a.shape[1]:
         s = max(a.shape)
         a = np.pad(a, ((s // 2 - a.shape[0] // 2, s - a.shape[0] - (s // 2 - a.shape[0] // 2)),
@@ -807,7 +817,7 @@ def load_kernel(path, size: int | None = None, *, key: str | None = None, index:
     if size is not None:
         a = np.asarray(pad_to(jnp.asarray(a, _F32), int(size)), np.float64)
         if a.sum() <= 0:
-            raise KfsrInputError(f"{path}: kernel is all zero after cropping to {size}x{size}")
+            raise KfsrInputError(f"{name}: kernel is all zero after cropping to {size}x{size}")
     return (a / a.sum()).astype(np.float32)
 
 

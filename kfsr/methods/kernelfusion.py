@@ -34,8 +34,8 @@ init) and SIREN kernel K (kfsr.nets.siren) trained jointly by Adam on the LR con
 
 Ablations: use_pd=False ("U-Net only": no noising and no PD, x0^ = U(U(x0_prev))),
 second_unet_pass=False (x0^ = x0_pd). Diagnostic: learn_kernel=False runs Phase 2 with a given
-kernel in place of K() (the image path alone; kfsr.bench's 'oracle_kf' row gives it the true one). eps is fresh every inner step (noise='fresh') or fixed per
-timestep (noise='per_timestep').
+kernel in place of K() (the image path alone; kfsr.bench's 'oracle_kf' row gives it the true one).
+eps is fresh every inner step (noise='fresh') or fixed per timestep (noise='per_timestep').
 
 Forward model (config padding / sampling / offset, default Degradation.div2krk(scale): reflect
 padding, cross-correlation, stride s from offset 0): kernels in the "aligned" convention (centre of
@@ -499,10 +499,11 @@ def init_phase2(config, lr, pd_params, key, kernel=None) -> State:
 
 
 def fixed_kernel(setup: Setup, kernel):
-    """The (K, K) kernel a phase2.learn_kernel=False run uses: `kernel` (any odd or even size in
-    the data's convention) zero-padded / cropped to K about its correlation anchor
-    (kfsr.degrade.kernels.pad_to, which keeps the blur it performs) and normalised to sum 1.
-    None for a blind run; KfsrInputError if the two do not match."""
+    """The (K, K) kernel a phase2.learn_kernel=False run uses: `kernel` (any odd or even square
+    size in the data's convention) checked, clipped at 0, zero-padded / cropped to K about its
+    correlation anchor (kfsr.degrade.kernels.pad_to, which keeps the blur it performs) and
+    normalised to sum 1 (kernels.check_kernel). None for a blind run; KfsrInputError if the two
+    do not match."""
     if setup.learn_kernel:
         if kernel is not None:
             raise KfsrInputError("kernelfusion is a blind method: it estimates the kernel (no "
@@ -511,11 +512,10 @@ def fixed_kernel(setup: Setup, kernel):
     if kernel is None:
         raise KfsrInputError("config.phase2.learn_kernel=False: Phase 2 needs the kernel to use "
                              "(kernel=..., the non-blind diagnostic 'oracle_kf' of kfsr.bench)")
-    k = np.asarray(kernel, np.float32)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)) or k.sum() <= 0:
-        raise KfsrInputError(f"kernel: need a square (K, K) finite kernel with a positive sum, got "
-                             f"shape {k.shape}")
-    return kern.normalize(kern.pad_to(jnp.asarray(k), setup.kernel_size), clip=True)
+    k = np.asarray(kernel)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise KfsrInputError(f"kernel: need a square (K, K) kernel, got shape {k.shape}")
+    return jnp.asarray(kern.check_kernel(k, setup.kernel_size, name="kernelfusion kernel"))
 
 
 def fit_siren_to_gaussian(setup: Setup, kp):
@@ -543,15 +543,16 @@ def _p2_init(setup: Setup, lr, pd_params, key, k_fixed=None) -> State:
     kp = setup.siren.init(k_k)
     if setup.kernel_init == "gaussian":
         kp = fit_siren_to_gaussian(setup, kp)
-    k0 = setup.siren.apply(kp) if k_fixed is None else k_fixed
-    extra = {} if k_fixed is None else {"k_fixed": k_fixed}
-    return {**extra,
+    state = {
         "unet": unet, "unet_opt": setup.p2_tx(setup.p2_lr).init(unet),
         "siren": kp, "siren_opt": setup.p2_tx(setup.p2_kernel_lr).init(kp),
         "pd": pd_params, "lr": lr, "key": k_run, "noise_key": k_noise,
-        "x0_prev": x0, "xt_prev": x0, "hr": x0, "kernel": k0,
+        "x0_prev": x0, "xt_prev": x0, "hr": x0, "kernel": setup.siren.apply(kp),
         "it": jnp.zeros((), jnp.int32),
     }
+    if k_fixed is not None:  # learn_kernel=False: the given kernel replaces the SIREN's
+        state["k_fixed"] = state["kernel"] = k_fixed
+    return state
 
 
 def _schedule_position(setup: Setup, it):
